@@ -1,0 +1,129 @@
+"""The command line: a thin layer over the library. Every user error exits non-zero without a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import BatchgenError
+
+
+def friendly(fn):
+    """Print BatchgenError as one paragraph and exit with its code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BatchgenError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="batchgen")
+def cli() -> None:
+    """Render batches of text-to-video jobs with Mochi 1, resumably."""
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (overrides the manifest).")
+@click.option("--model", help="Hub id, local pipeline folder or 'tiny' (overrides the manifest).")
+@click.option("--profile", help="Memory profile (overrides the manifest): auto, resident, offload, group-offload, fp8, int8, nf4, cpu.")
+@click.option("--device", help="Torch device, e.g. cuda:1 or cpu (default: cuda if available).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@friendly
+def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None, no_progress: bool) -> None:
+    """Render every job of MANIFEST into OUT; run it again to resume."""
+    from .manifest import load_manifest
+    from .runner import render_manifest
+
+    m = load_manifest(manifest, model=model, out=out, profile=profile)
+    for warning in m.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if m.out is None:
+        raise BatchgenError(f"{manifest}: no output folder: give --out OUT or `out:` in the manifest.")
+    summary = render_manifest(m, m.out, device=device, progress=not no_progress)
+    done = summary.rendered
+    click.echo(
+        f"{done} rendered, {summary.skipped} already done, {summary.failed} failed; outputs in {summary.out}",
+        err=True,
+    )
+    if summary.failed and summary.interrupted_by is None:
+        click.echo(f"Some jobs failed: see `batchgen status {summary.out}`; `batchgen retry {summary.out}` queues them again.", err=True)
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", help="Override the manifest's model.")
+@click.option("--profile", help="Override the manifest's profile.")
+@friendly
+def validate(manifest: Path, model: str | None, profile: str | None) -> None:
+    """Check MANIFEST and say how many jobs it expands to; renders nothing."""
+    from .manifest import load_manifest
+
+    m = load_manifest(manifest, model=model, profile=profile)
+    for warning in m.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    # The precision only changes job ids, not how many there are; fp32 avoids probing for a GPU.
+    jobs = m.expand("fp32")
+    entries = len(m.entries)
+    dup = entries - len(jobs)
+    extra = f" ({dup} duplicate entr{'y' if dup == 1 else 'ies'} merged)" if dup else ""
+    click.echo(f"{manifest}: OK, {len(jobs)} job(s){extra}, model {m.model}")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: total, pending, running, done, failed.")
+@friendly
+def status(out: Path, as_json: bool) -> None:
+    """Show how far the batch in OUT has come."""
+    from .store import Store
+
+    store = Store(out, create=False)
+    try:
+        counts = store.counts()
+        if as_json:
+            click.echo(json.dumps(counts))
+            return
+        total = counts["total"] or 1
+        click.echo(
+            f"{out}: {counts['done']}/{counts['total']} done ({100 * counts['done'] / total:.0f}%), "
+            f"{counts['pending']} pending, {counts['running']} running, {counts['failed']} failed"
+        )
+        for row in store.rows("failed")[:20]:
+            click.echo(f"  failed {row['job_id']} ({row['source']}): {row['error']}")
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@friendly
+def retry(out: Path) -> None:
+    """Put the failed jobs of OUT back in the queue."""
+    from .store import Store
+
+    store = Store(out, create=False)
+    try:
+        n = store.retry_failed()
+    finally:
+        store.close()
+    click.echo(f"{n} failed job(s) back to pending; run `batchgen render` with the same manifest and --out to render them.")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

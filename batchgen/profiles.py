@@ -1,0 +1,354 @@
+"""Memory profiles: where each model lives and in what precision while a batch renders.
+
+Every profile runs in two phases, because a batch knows all its prompts up front: first the text encoder
+alone encodes every distinct text, then it is freed and the denoiser (and VAE) are set up once for the
+whole batch and stay put, so a video costs nothing beyond its denoising steps and its decode.
+
+| profile        | denoiser weights on the GPU                      | text encoder while encoding |
+|----------------|--------------------------------------------------|-----------------------------|
+| resident       | all, bf16                                        | all                         |
+| offload        | all while denoising, none while decoding         | all (diffusers' offload)    |
+| group-offload  | a few GiB of blocks; the rest streamed per step  | streamed block by block     |
+| fp8            | all, stored fp8, computed bf16                   | all                         |
+| int8 / nf4     | all, bitsandbytes-quantized linears              | all / streamed              |
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+PROFILES = ("auto", "cpu", "resident", "offload", "group-offload", "fp8", "int8", "nf4")
+
+# Profiles that compute in plain bf16 give the same pixels wherever the weights sit between steps.
+_PRECISION = {
+    "cpu": "fp32",
+    "resident": "bf16",
+    "offload": "bf16",
+    "group-offload": "bf16",
+    "fp8": "fp8",
+    "int8": "int8",
+    "nf4": "nf4",
+}
+
+# Next profile down on a CUDA out-of-memory error, keeping the precision (and so the job ids and pixels).
+# offload is skipped on the way down: group-offload needs less memory and is faster.
+_FALLBACK = {
+    "resident": "group-offload",
+    "offload": "group-offload",
+    "group-offload": None,
+    "fp8": None,
+    "int8": None,
+    "nf4": None,
+    "cpu": None,
+}
+# When changing precision is acceptable too (the caller re-derives job ids), the smallest profile is nf4.
+_FALLBACK_ANY_PRECISION = {
+    "resident": "group-offload",
+    "offload": "group-offload",
+    "group-offload": "nf4",
+    "fp8": "nf4",
+    "int8": "nf4",
+    "nf4": None,
+    "cpu": None,
+}
+
+# Profiles whose denoiser needs so little memory that a fully resident T5 XXL (9 GiB in bf16) would set
+# the peak: their text encoder is streamed block by block instead (a once-per-batch cost).
+_STREAM_TEXT_ENCODER = {"group-offload", "nf4"}
+
+# group-offload keeps this many GiB of transformer blocks resident: streaming all 48 blocks every step
+# makes the step wait for PCIe; keeping some lets the rest stream behind the compute.
+GROUP_OFFLOAD_RESIDENT_GIB = float(os.environ.get("BATCHGEN_GROUP_OFFLOAD_RESIDENT_GIB", "4"))
+
+# VAE decode in chunks of this many latent frames (6 video frames each), so decode memory does not grow
+# with the video's length. 0 decodes all frames at once.
+DECODE_LATENT_FRAMES = int(os.environ.get("BATCHGEN_DECODE_LATENT_FRAMES", "2"))
+
+# Memory model used by `auto`, in GiB, for Mochi 1 at bf16 compute with CFG (batch 2). Fitted from
+# benchmarks/results-h100.json (see benchmarks/RESULTS.md); conservative by a margin.
+_DENOISER_WEIGHTS_GIB = {
+    "resident": 18.7,
+    "offload": 18.7,
+    "group-offload": GROUP_OFFLOAD_RESIDENT_GIB + 1.5,  # resident blocks, embeddings, two blocks in flight
+    "fp8": 9.6,
+    "int8": 10.3,
+    "nf4": 5.6,
+}
+_ACTIVATION_GIB_PER_KTOKEN = 0.10  # per 1000 latent tokens (CFG batch included)
+_DECODE_GIB = 3.0  # chunked, tiled decode of one chunk, whatever the frame count
+_MARGIN_GIB = 1.5  # CUDA context, allocator fragmentation
+# Fastest first; auto only walks the bf16 ones so that it never changes the pixels on its own.
+_AUTO_ORDER = ("resident", "group-offload")
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    name: str
+    device: str
+    reason: str
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def latent_tokens(num_frames: int, height: int, width: int) -> int:
+    """Tokens the transformer attends over for one video (Mochi: 6x temporal, 8x spatial VAE, 2x2 patches)."""
+    latent_frames = (num_frames - 1) // 6 + 1
+    return latent_frames * math.ceil(height / 16) * math.ceil(width / 16)
+
+
+def estimate_peak_gib(profile: str, num_frames: int = 163, height: int = 480, width: int = 848) -> float:
+    """Rough peak VRAM of rendering one video under `profile`; what `auto` compares with free memory."""
+    tokens = latent_tokens(num_frames, height, width)
+    denoise = _DENOISER_WEIGHTS_GIB[profile] + _ACTIVATION_GIB_PER_KTOKEN * tokens / 1000
+    # offload takes the denoiser off the GPU before decoding; the rest decode beside it.
+    decode = _DECODE_GIB if profile == "offload" else _DENOISER_WEIGHTS_GIB[profile] + _DECODE_GIB
+    return max(denoise, decode) + _MARGIN_GIB
+
+
+def resolve(
+    profile: str,
+    device: str | None = None,
+    *,
+    largest: tuple[int, int, int] | None = None,
+) -> ProfileChoice:
+    """Turn `auto` (or a profile that cannot run here) into a concrete profile, saying why.
+
+    `largest` is (num_frames, height, width) of the batch's biggest job; without it auto assumes Mochi's
+    longest video (163 frames at 480x848).
+    """
+    import torch
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or not device.startswith("cuda"):
+        if profile not in ("auto", "cpu"):
+            return ProfileChoice("cpu", "cpu", f"no CUDA device: profile '{profile}' needs a GPU, using 'cpu'")
+        return ProfileChoice("cpu", "cpu", "no CUDA device")
+    if profile == "cpu":
+        return ProfileChoice("cpu", "cpu", "asked for")
+    if profile != "auto":
+        return ProfileChoice(profile, device, "asked for")
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return choose_auto(free / 2**30, device, largest)
+
+
+def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | None = None) -> ProfileChoice:
+    """The fastest bf16 profile whose estimated peak fits `free_gib`; nf4 when none does."""
+    frames, height, width = largest or (163, 480, 848)
+    size = f"{frames} frames at {height}x{width}"
+    for name in _AUTO_ORDER:
+        need = estimate_peak_gib(name, frames, height, width)
+        if need <= free_gib:
+            if name == "resident":
+                why = f"{free_gib:.1f} GiB free, resident needs ~{need:.0f} GiB for {size}: bf16 denoiser kept on the GPU"
+            else:
+                rneed = estimate_peak_gib("resident", frames, height, width)
+                why = (
+                    f"{free_gib:.1f} GiB free, resident would need ~{rneed:.0f} GiB for {size}: "
+                    f"streaming bf16 blocks from CPU (~{need:.0f} GiB, same pixels, a little slower)"
+                )
+            return ProfileChoice(name, device, why)
+    need = estimate_peak_gib("nf4", frames, height, width)
+    return ProfileChoice(
+        "nf4",
+        device,
+        f"{free_gib:.1f} GiB free, even group-offload needs more for {size}: 4-bit NF4 denoiser (~{need:.0f} GiB, "
+        "different pixels)",
+    )
+
+
+def precision(profile: str, quality: bool = False) -> str:
+    """The numeric recipe a profile renders with; part of every job id."""
+    base = _PRECISION[profile]
+    return base + "+quality" if quality else base
+
+
+def fallback(profile: str, *, same_precision: bool = True) -> str | None:
+    """The next lower-memory profile after a CUDA out-of-memory error, or None at the bottom."""
+    table = _FALLBACK if same_precision else _FALLBACK_ANY_PRECISION
+    return table.get(profile)
+
+
+def quantization_config(profile: str):
+    """diffusers' own pipeline quantization config for int8/nf4 (transformers' BitsAndBytesConfig is refused)."""
+    import torch
+    from diffusers import PipelineQuantizationConfig
+
+    if profile == "int8":
+        return PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_8bit",
+            quant_kwargs={"load_in_8bit": True},
+            components_to_quantize=["transformer"],
+        )
+    if profile == "nf4":
+        return PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit",
+            quant_kwargs={
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": torch.bfloat16,
+            },
+            components_to_quantize=["transformer"],
+        )
+    return None
+
+
+def load_kwargs(profile: str, device: str) -> dict:
+    """Keyword arguments for `MochiPipeline.from_pretrained` under this profile."""
+    import torch
+
+    if profile == "cpu":
+        return {"dtype": torch.float32}
+    kwargs: dict = {"dtype": torch.bfloat16}
+    if profile in ("int8", "nf4"):
+        kwargs["quantization_config"] = quantization_config(profile)
+    return kwargs
+
+
+def text_encoder_dtype(profile: str, quality: bool):
+    import torch
+
+    if profile == "cpu" or quality:
+        return torch.float32
+    return torch.bfloat16
+
+
+def _is_quantized(module) -> bool:
+    return bool(getattr(module, "is_quantized", False)) or getattr(module, "hf_quantizer", None) is not None
+
+
+def _has_group_offload(module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook("group_offloading") is not None
+
+
+def prepare_text_encoder(pipe, profile: str, device: str, quality: bool) -> None:
+    """Phase one: only the text encoder on the device (whole, or streamed block by block)."""
+    te = pipe.text_encoder
+    dtype = text_encoder_dtype(profile, quality)
+    if profile in _STREAM_TEXT_ENCODER and device.startswith("cuda"):
+        if _has_group_offload(te.encoder):
+            return
+        from diffusers.hooks import apply_group_offloading
+
+        te.to(dtype=dtype)
+        # T5EncoderModel's only ModuleList sits in .encoder; grouping there streams its 24 blocks.
+        apply_group_offloading(
+            te.encoder,
+            onload_device=device,
+            offload_device="cpu",
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
+        return
+    te.to(device=device, dtype=dtype)
+
+
+def release_text_encoder(pipe) -> None:
+    """Free the text encoder's GPU memory once every text of the batch is encoded."""
+    import gc
+
+    import torch
+
+    te = pipe.text_encoder
+    if te is not None and not _has_group_offload(te.encoder):
+        te.to("cpu")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _resident_block_indices(num_blocks: int, keep: int) -> list[int]:
+    """`keep` block indices spread evenly: each resident block's compute hides part of the next streamed
+    block's copy, which a contiguous run of resident blocks would not (prefetch looks one group ahead)."""
+    if keep <= 0:
+        return []
+    if keep >= num_blocks:
+        return list(range(num_blocks))
+    return sorted({int((i + 0.5) * num_blocks / keep) for i in range(keep)})
+
+
+def _group_offload(transformer, device: str, resident_gib: float) -> int:
+    """Block-level group offloading with CUDA streams, some blocks kept resident. Returns how many."""
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    blocks = transformer.transformer_blocks
+    block_bytes = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
+    keep = set(_resident_block_indices(len(blocks), int(resident_gib * 2**30 // max(block_bytes, 1))))
+    # Hooks are only built for what the module tree holds while they are applied: hand diffusers a list of
+    # the streamed blocks alone, then put the full list back. The resident ones run unhooked in between.
+    transformer.transformer_blocks = torch.nn.ModuleList([b for i, b in enumerate(blocks) if i not in keep])
+    try:
+        apply_group_offloading(
+            transformer,
+            onload_device=device,
+            offload_device="cpu",
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
+    finally:
+        transformer.transformer_blocks = blocks
+    for i in keep:
+        blocks[i].to(device)
+    return len(keep)
+
+
+def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling: bool = True) -> None:
+    """Phase two: the transformer and VAE placed for the whole batch."""
+    import torch
+
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if profile == "cpu":
+        pipe.to("cpu")
+        return
+    vae_dtype = torch.float32 if quality else torch.bfloat16
+    pipe.vae.to(dtype=vae_dtype)
+    transformer = pipe.transformer
+    if profile == "offload":
+        # The text encoder is done: keep it out of the offload chain so it never comes back to the GPU.
+        pipe.enable_model_cpu_offload(device=device)
+        return
+    pipe.vae.to(device)
+    if profile == "group-offload":
+        if not _has_group_offload(transformer):
+            transformer._batchgen_resident_blocks = _group_offload(transformer, device, GROUP_OFFLOAD_RESIDENT_GIB)
+        return
+    if profile == "fp8":
+        if not getattr(transformer, "_batchgen_fp8", False):
+            transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+            transformer._batchgen_fp8 = True
+        transformer.to(device)
+        return
+    if profile in ("int8", "nf4") and _is_quantized(transformer):
+        return  # bitsandbytes placed it on the GPU while loading; quantized models refuse .to()
+    transformer.to(device)
+
+
+def teardown_denoiser(pipe, profile: str) -> None:
+    """Undo `prepare_denoiser` far enough that another profile can be prepared (OOM step-down)."""
+    import gc
+
+    import torch
+
+    if profile == "offload":
+        pipe.remove_all_hooks()
+        pipe.transformer.to("cpu")
+    elif profile == "resident":
+        # Group offloading copies the weights to pinned CPU memory itself; dropping the GPU copy first
+        # halves the peak of the switch.
+        pipe.transformer.to("cpu")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,287 @@
+"""The batch loop: claim a job, render it, write the video, mark it done, index it; again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import faults, index, profiles
+from .environment import device_name, library_versions
+from .files import remove_partials, sha256_file
+from .job import Job
+from .lock import FolderLock
+from .manifest import Manifest
+from .store import Store, now
+from .video import write_mp4
+
+VIDEO_DIR = "videos"
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the job in flight went back to pending."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by signal {signum}")
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    total: int = 0
+    added: int = 0
+    rendered: int = 0
+    failed: int = 0
+    skipped: int = 0
+    profile: str = ""
+    profile_reason: str = ""
+    failures: list[str] = field(default_factory=list)
+    interrupted_by: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted_by is not None:
+            return 128 + self.interrupted_by
+        return 1 if self.failed else 0
+
+
+def video_path(out: Path, job: Job) -> Path:
+    return Path(out) / VIDEO_DIR / f"{job.output_name}.mp4"
+
+
+def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: str) -> dict:
+    """The metadata.jsonl row of a finished job: file_name first, as VideoFolder expects."""
+    loaded = renderer.load()
+    gib = (lambda b: round(b / 2**30, 3) if b is not None else None)
+    return {
+        "file_name": path.relative_to(out).as_posix(),
+        "job_id": job.job_id,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "num_frames": job.num_frames,
+        "height": job.height,
+        "width": job.width,
+        "num_inference_steps": job.num_inference_steps,
+        "guidance_scale": job.guidance_scale,
+        "fps": job.fps,
+        "model": job.model,
+        "revision": job.revision,
+        "resolved_revision": loaded.revision,
+        "profile": renderer.profile,
+        "precision": job.precision,
+        "versions": library_versions(),
+        "device": device_name(renderer.device),
+        "render_seconds": round(rendered.seconds, 3),
+        "seconds_per_step": round(rendered.seconds_per_step, 4),
+        "peak_vram_allocated_gib": gib(rendered.peak_vram_allocated),
+        "peak_vram_reserved_gib": gib(rendered.peak_vram_reserved),
+        "sha256": sha256,
+        "frames_sha256": rendered.frames_sha256,
+        "finished_at": now(),
+    }
+
+
+class _SignalGuard:
+    """Turn SIGTERM into an exception in the main thread, like Ctrl-C's KeyboardInterrupt."""
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            raise Interrupted(signum)
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def plan(manifest: Manifest, device: str | None = None) -> tuple[profiles.ProfileChoice, list[Job]]:
+    choice = profiles.resolve(manifest.profile, device)
+    jobs = manifest.expand(profiles.precision(choice.name, manifest.quality))
+    return choice, jobs
+
+
+def render_manifest(
+    manifest: Manifest,
+    out: Path | None = None,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    renderer_factory=None,
+) -> RunSummary:
+    """Render every pending job of `manifest` into `out`, resuming whatever an earlier run left."""
+    out = Path(out or manifest.out or "out")
+    choice, jobs = plan(manifest, device)
+    precision = profiles.precision(choice.name, manifest.quality)
+    summary = RunSummary(out, profile=choice.name, profile_reason=choice.reason)
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out):
+        store = Store(out)
+        try:
+            return _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory)
+        finally:
+            store.close()
+
+
+def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory):
+    from .render import Renderer
+
+    summary.added = store.add_jobs(jobs)
+    stale = store.reset_running()
+    remove_partials(out / VIDEO_DIR)
+    remove_partials(out)
+    index.rebuild(out, store)
+    if stale:
+        log(f"batchgen: {stale} job(s) left running by an interrupted run go back to the queue")
+    pending = store.pending_count(model=manifest.model, precision=precision)
+    counts = store.counts()
+    summary.total = counts["total"]
+    summary.skipped = counts["done"]
+    if pending == 0:
+        log(f"batchgen: nothing to render in {out}: {counts['done']} done, {counts['failed']} failed")
+        summary.failed = counts["failed"]
+        return summary
+
+    log(f"batchgen: profile '{choice.name}' ({choice.reason}); {pending} job(s) to render, {counts['done']} already done")
+    if choice.device == "cpu" and manifest.model != "tiny":
+        log(
+            "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
+            "Use `model: tiny` to try batchgen, or run on a CUDA machine."
+        )
+    factory = renderer_factory or Renderer
+    renderer = factory(
+        manifest.model,
+        revision=manifest.revision,
+        profile=choice.name,
+        quality=manifest.quality,
+        device=choice.device,
+        cache_dir=out / "cache" / "embeddings",
+        progress=progress,
+    )
+    run_id = store.start_run(
+        manifest=str(manifest.path), model=manifest.model, profile=choice.name, profile_reason=choice.reason
+    )
+    exit_word = "finished"
+    bar = _batch_bar(pending, progress)
+    try:
+        with _SignalGuard():
+            try:
+                renderer.encode(store.pending_texts(model=manifest.model, precision=precision))
+                _warn_long_prompts(renderer, store, manifest, precision, log)
+                while True:
+                    job = store.claim(model=manifest.model, precision=precision)
+                    if job is None:
+                        break
+                    try:
+                        _render_one(out, store, renderer, job, summary, log)
+                    except (KeyboardInterrupt, Interrupted):
+                        store.release(job.job_id)
+                        raise
+                    bar.update(1)
+            except KeyboardInterrupt:
+                summary.interrupted_by = signal.SIGINT
+            except Interrupted as exc:
+                summary.interrupted_by = exc.signum
+    finally:
+        bar.close()
+        index.rebuild(out, store)
+        if summary.interrupted_by is not None:
+            exit_word = "interrupted"
+            log("batchgen: interrupted; the job in flight is back in the queue. Run the same command to resume.")
+        store.finish_run(run_id, exit_word)
+    summary.failed = store.counts()["failed"]
+    return summary
+
+
+def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log) -> None:
+    final = video_path(out, job)
+    rel = final.relative_to(out).as_posix()
+    try:
+        faults.point("claimed")
+        rendered = renderer.render(job)
+        if final.exists() and store.get_row(job.job_id)["output_path"] != rel:
+            # Not an orphan of this job's own crashed publish: the user's file, or another job's. Keep it.
+            raise FileExistsError(f"{final} already exists and is not batchgen's; batchgen never overwrites a video")
+        # Recorded before the rename, so a crash between rename and done marks the file as ours to redo.
+        store.set_output_path(job.job_id, rel)
+        write_mp4(rendered.frames, final, job.fps)
+        faults.point("video_published")
+        sha = sha256_file(final)
+        row = metadata_row(out, job, final, rendered, renderer, sha)
+        store.mark_done(
+            job.job_id,
+            {
+                "output_path": rel,
+                "sha256": sha,
+                "frames_sha256": rendered.frames_sha256,
+                "render_seconds": rendered.seconds,
+                "seconds_per_step": rendered.seconds_per_step,
+                "peak_vram_allocated": rendered.peak_vram_allocated,
+                "peak_vram_reserved": rendered.peak_vram_reserved,
+                "profile": renderer.profile,
+                "metadata": json.dumps(row, ensure_ascii=False),
+            },
+        )
+        faults.point("marked_done")
+        index.append(out, row)
+        faults.point("indexed")
+        summary.rendered += 1
+    except (KeyboardInterrupt, Interrupted):
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        store.mark_failed(job.job_id, message)
+        summary.failed += 1
+        summary.failures.append(f"{job.source or job.job_id}: {message}")
+        log(f"batchgen: job {job.job_id} ({job.source}) failed: {message}")
+        if _is_oom(exc):
+            _free_cuda()
+        if os.environ.get("BATCHGEN_DEBUG"):
+            traceback.print_exc()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _free_cuda() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _warn_long_prompts(renderer, store: Store, manifest, precision: str, log) -> None:
+    limit = renderer.load().max_sequence_length
+    for row in store.rows("pending"):
+        if row["model"] != manifest.model or row["precision"] != precision:
+            continue
+        n = renderer.count_tokens(row["prompt"])
+        if n > limit:
+            log(f"batchgen: warning: {row['source']} (job {row['job_id']}): prompt is {n} tokens; T5 reads only the first {limit}")
+
+
+def _batch_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="videos", unit="video", disable=not enabled, position=0, dynamic_ncols=True)

@@ -1,0 +1,33 @@
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the network; tiny and saved pipelines need none.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMALL = {"num_frames": 7, "height": 32, "width": 48, "num_inference_steps": 2, "fps": 8}
+
+
+def write_manifest(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def small_yaml(tmp_path: Path, prompts: list[str], seeds: list[int] = (0,), extra: str = "", name: str = "jobs.yaml") -> Path:
+    lines = ["model: tiny", "defaults:"]
+    lines += [f"  {k}: {v}" for k, v in SMALL.items()]
+    lines.append(f"seeds: [{', '.join(str(s) for s in seeds)}]")
+    lines.append("jobs:")
+    lines += [f"  - prompt: {json.dumps(p)}" for p in prompts]
+    if extra:
+        lines.append(textwrap.dedent(extra).strip())
+    return write_manifest(tmp_path / name, "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def small_manifest(tmp_path):
+    return small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1, 2])
