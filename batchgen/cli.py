@@ -38,9 +38,12 @@ def cli() -> None:
 @click.option("--model", help="Hub id, local pipeline folder or 'tiny' (overrides the manifest).")
 @click.option("--profile", help="Memory profile (overrides the manifest): auto, resident, offload, group-offload, fp8, int8, nf4, cpu.")
 @click.option("--device", help="Torch device, e.g. cuda:1 or cpu (default: cuda if available).")
+@click.option("--gpus", help="One worker process per GPU: 'all' or indices such as 0,1,2,3.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Number of worker processes on the CPU (testing, CPU farms).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @friendly
-def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None, no_progress: bool) -> None:
+def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None,
+           gpus: str | None, workers: int | None, no_progress: bool) -> None:
     """Render every job of MANIFEST into OUT; run it again to resume."""
     from .manifest import load_manifest
     from .runner import render_manifest
@@ -50,7 +53,17 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
         click.echo(f"Warning: {warning}", err=True)
     if m.out is None:
         raise BatchgenError(f"{manifest}: no output folder: give --out OUT or `out:` in the manifest.")
-    summary = render_manifest(m, m.out, device=device, progress=not no_progress)
+    if gpus and workers:
+        raise BatchgenError("Give --gpus (one worker per GPU) or --workers (CPU worker processes), not both.")
+    pool = None
+    if gpus:
+        from .workers import parse_gpus
+
+        pool = parse_gpus(gpus)
+    elif workers and workers > 1:
+        pool = ["cpu"] * workers
+        device = "cpu"
+    summary = render_manifest(m, m.out, device=device, progress=not no_progress, workers=pool)
     done = summary.rendered
     click.echo(
         f"{done} rendered, {summary.skipped} already done, {summary.failed} failed; outputs in {summary.out}",

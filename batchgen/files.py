@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from . import faults
+
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -35,6 +37,7 @@ def fsync_file(path: Path) -> None:
 def publish(tmp: Path, final: Path) -> None:
     """Move a fully written temporary file into place, durably."""
     fsync_file(tmp)
+    faults.point("publish_synced")
     os.replace(tmp, final)
     fsync_dir(final.parent)
 
@@ -46,6 +49,7 @@ def write_text_atomic(final: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("text_synced")
         os.replace(tmp, final)
         fsync_dir(final.parent)
     finally:

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from . import faults
 from .files import write_text_atomic
 from .store import Store
 
@@ -27,10 +28,26 @@ def rebuild(out: Path, store: Store) -> int:
 
 
 def append(out: Path, row: dict) -> None:
-    with open(Path(out) / INDEX_NAME, "a", encoding="utf-8") as handle:
-        handle.write(row_line(row))
-        handle.flush()
-        os.fsync(handle.fileno())
+    path = Path(out) / INDEX_NAME
+    data = row_line(row).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            faults.point("index_appended")
+            os.fsync(fd)
+        except OSError:
+            # A full disk can take half a line: cut it off, so the index stays whole JSON lines.
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
 
 
 def read(out: Path) -> list[dict]:

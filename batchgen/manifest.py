@@ -59,7 +59,9 @@ TOP_LEVEL_KEYS = (
     "prompts_file",
 )
 
-SUPPORTED_EXTENSIONS = (".yaml", ".yml", ".csv", ".txt")
+SUPPORTED_EXTENSIONS = (".yaml", ".yml", ".csv", ".txt", ".jsonl", ".db")
+# A previous run's records (OUT/metadata.jsonl, OUT/batchgen.db): re-create that batch (batchgen.recorded).
+RECORD_EXTENSIONS = (".jsonl", ".db")
 
 DEFAULT_MODEL = "tiny"
 DEFAULT_PROFILE = "auto"
@@ -85,6 +87,8 @@ class Entry:
     fields: dict  # every key of JOB_FIELDS, defaults applied, types normalised (int/float/str)
     source: str  # "jobs.yaml:12", "jobs.csv:row 3", "prompts.txt:line 4"
     index: int  # position in `seeds:` (0 when the entry gave its own seed or there is no list)
+    # A file stem given as is, bypassing the output_name template: a re-created batch keeps the recorded names.
+    output_name: str | None = None
 
 
 @dataclass
@@ -130,7 +134,7 @@ class Manifest:
                 self.duplicates.append((entry.source, kept[jid].source))
                 continue
             try:
-                rendered = render_output_name(
+                rendered = entry.output_name or render_output_name(
                     self.output_name, prompt=job.prompt, index=job.index, seed=job.seed, job_id=jid
                 )
             except ValueError as exc:
@@ -187,7 +191,8 @@ def load_manifest(
     out: str | Path | None = None,
     profile: str | None = None,
 ) -> Manifest:
-    """Parse and validate a manifest (.yaml/.yml, .csv or .txt).
+    """Parse and validate a manifest (.yaml/.yml, .csv or .txt), or a previous run's records
+    (OUT/metadata.jsonl or OUT/batchgen.db: the same jobs, seeds and file names, see batchgen.recorded).
 
     `model`, `out` and `profile` are command-line overrides: when given they replace the
     manifest's values (`out` is then taken as given, relative to the working directory, whereas a
@@ -205,6 +210,12 @@ def load_manifest(
         problems.append(f"--profile: unknown profile {profile!r}{_suggest(profile, PROFILES)}")
 
     suffix = path.suffix.lower()
+    if suffix in RECORD_EXTENSIONS:
+        from .recorded import load_records
+
+        state = _State(display=display, path=path, problems=problems)
+        load_records(state, profile_override=profile)
+        return _finish(state, path, suffix, model=model, out=out, profile=profile)
     text = _read_text(path, display, problems, what="manifest")
     if text is None:
         raise ManifestError(problems)
@@ -212,7 +223,7 @@ def load_manifest(
         problems.append(
             f"{display}: unsupported manifest type {path.suffix or '(no extension)'!r}; "
             f"use one of {', '.join(SUPPORTED_EXTENSIONS)} (YAML, CSV with a header row, "
-            f"or plain text with one prompt per line)"
+            f"plain text with one prompt per line, or a previous run's metadata.jsonl or batchgen.db)"
         )
         raise ManifestError(problems)
 
@@ -223,7 +234,12 @@ def load_manifest(
         _load_csv(text, state)
     else:
         _load_txt(text, display, state, defaults={}, seeds=None)
+    return _finish(state, path, suffix, model=model, out=out, profile=profile)
 
+
+def _finish(state: "_State", path: Path, suffix: str, *, model, out, profile) -> Manifest:
+    """Report what was found (or that nothing was), apply the command-line overrides, build the Manifest."""
+    display, problems = state.display, state.problems
     if not state.entries and not state.entry_problems and not problems:
         problems.append(
             f"{display}: the manifest has no entries; add prompts"

@@ -97,3 +97,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
+
+
+@migration
+def m004_leases(db: sqlite_utils.Database) -> None:
+    # Epoch seconds until which a worker holds its running job; NULL for a single run's own claims.
+    db["jobs"].add_column("lease_until", float)
+
+
+@migration
+def m002_fingerprint(db: sqlite_utils.Database) -> None:
+    # JSON of batchgen.fingerprint.collect(): what besides the job's settings decided its pixels.
+    db["jobs"].add_column("fingerprint", str)

@@ -62,8 +62,20 @@ def _randomize(module, seed: int) -> None:
                 param.normal_(0.0, 0.02, generator=gen)
 
 
-def build_realsize_pipeline(device: str = "cuda", dtype=None, *, text_encoder_dtype=None, vae_dtype=None, seed: int = 0):
-    """MochiPipeline with published-size modules and random weights, allocated directly on `device`."""
+def build_realsize_pipeline(
+    device: str = "cuda",
+    dtype=None,
+    *,
+    text_encoder_dtype=None,
+    vae_dtype=None,
+    seed: int = 0,
+    transformer_on_meta: bool = False,
+):
+    """MochiPipeline with published-size modules and random weights, allocated directly on `device`.
+
+    `transformer_on_meta` leaves the 20 GB transformer unallocated until `materialize_transformer`, so a
+    benchmark can run the text-encoding phase without it on the GPU, as a real batch (loaded to the CPU) does.
+    """
     import torch
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
     from transformers import T5Config, T5EncoderModel
@@ -76,9 +88,11 @@ def build_realsize_pipeline(device: str = "cuda", dtype=None, *, text_encoder_dt
         ("text_encoder", lambda: T5EncoderModel(T5Config(**T5_XXL)), text_encoder_dtype or dtype),
         ("vae", lambda: AutoencoderKLMochi(), vae_dtype or dtype),
     ):
-        with _default_dtype(mdtype), torch.device(device):
+        on_meta = transformer_on_meta and name == "transformer"
+        with _default_dtype(mdtype), torch.device("meta" if on_meta else device):
             module = make()
-        _randomize(module, seed + len(built))
+        if not on_meta:
+            _randomize(module, seed + len(built))
         module.eval()
         built[name] = module
     pipe = MochiPipeline(
@@ -92,6 +106,19 @@ def build_realsize_pipeline(device: str = "cuda", dtype=None, *, text_encoder_dt
         torch.cuda.synchronize()
     pipe._realsize_build_seconds = time.perf_counter() - start
     return pipe
+
+
+def materialize_transformer(pipe, device: str = "cuda", seed: int = 0) -> None:
+    """Allocate and randomize a transformer built with `transformer_on_meta=True` (no-op otherwise)."""
+    import torch
+
+    transformer = pipe.transformer
+    if next(transformer.parameters()).device.type != "meta":
+        return
+    transformer.to_empty(device=device)
+    _randomize(transformer, seed)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def quantize_transformer_inplace(transformer, kind: str) -> int:

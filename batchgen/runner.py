@@ -6,12 +6,14 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import faults, index, profiles
+from . import determinism, fingerprint
 from .environment import device_name, library_versions
 from .files import remove_partials, sha256_file
 from .job import Job
@@ -84,6 +86,7 @@ def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: st
         "peak_vram_reserved_gib": gib(rendered.peak_vram_reserved),
         "sha256": sha256,
         "frames_sha256": rendered.frames_sha256,
+        "fingerprint": fingerprint.collect(renderer),
         "finished_at": now(),
     }
 
@@ -122,6 +125,8 @@ def render_manifest(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     renderer_factory=None,
+    workers: list[str] | None = None,
+    deterministic: bool = False,
 ) -> RunSummary:
     """Render every pending job of `manifest` into `out`, resuming whatever an earlier run left."""
     out = Path(out or manifest.out or "out")
@@ -129,15 +134,17 @@ def render_manifest(
     precision = profiles.precision(choice.name, manifest.quality)
     summary = RunSummary(out, profile=choice.name, profile_reason=choice.reason)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out):
+    with determinism.settings(deterministic), FolderLock(out):
         store = Store(out)
         try:
-            return _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory)
+            return _run(
+                manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers
+            )
         finally:
             store.close()
 
 
-def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory):
+def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers=None):
     from .render import Renderer
 
     summary.added = store.add_jobs(jobs)
@@ -162,6 +169,10 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine."
         )
+    if workers:
+        from .workers import run_workers
+
+        return run_workers(manifest, out, store, choice, precision, pending, summary, workers, progress, log)
     factory = renderer_factory or Renderer
     renderer = factory(
         manifest.model,
@@ -182,16 +193,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             try:
                 renderer.encode(store.pending_texts(model=manifest.model, precision=precision))
                 _warn_long_prompts(renderer, store, manifest, precision, log)
-                while True:
-                    job = store.claim(model=manifest.model, precision=precision)
-                    if job is None:
-                        break
-                    try:
-                        _render_one(out, store, renderer, job, summary, log)
-                    except (KeyboardInterrupt, Interrupted):
-                        store.release(job.job_id)
-                        raise
-                    bar.update(1)
+                work_loop(out, store, renderer, model=manifest.model, precision=precision, summary=summary, log=log, bar=bar)
             except KeyboardInterrupt:
                 summary.interrupted_by = signal.SIGINT
             except Interrupted as exc:
@@ -205,6 +207,43 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
         store.finish_run(run_id, exit_word)
     summary.failed = store.counts()["failed"]
     return summary
+
+
+def work_loop(
+    out: Path,
+    store: Store,
+    renderer,
+    *,
+    model: str,
+    precision: str,
+    summary: RunSummary,
+    log,
+    bar=None,
+    worker: str = "",
+    lease_seconds: float | None = None,
+    on_claim: Callable[[str | None], None] | None = None,
+) -> None:
+    """Claim and render jobs until none is left; an interrupted job goes back to pending."""
+    while True:
+        job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds)
+        if job is None:
+            # Another worker may yet die holding a job: stay until its lease lapses or it finishes.
+            if lease_seconds and store.running_count(model=model, precision=precision):
+                time.sleep(min(1.0, lease_seconds / 4))
+                continue
+            break
+        if on_claim is not None:
+            on_claim(job.job_id)
+        try:
+            _render_one(out, store, renderer, job, summary, log)
+        except (KeyboardInterrupt, Interrupted):
+            store.release(job.job_id)
+            raise
+        finally:
+            if on_claim is not None:
+                on_claim(None)
+        if bar is not None:
+            bar.update(1)
 
 
 def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log) -> None:
@@ -233,6 +272,7 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
                 "peak_vram_allocated": rendered.peak_vram_allocated,
                 "peak_vram_reserved": rendered.peak_vram_reserved,
                 "profile": renderer.profile,
+                "fingerprint": json.dumps(row["fingerprint"]),
                 "metadata": json.dumps(row, ensure_ascii=False),
             },
         )

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -133,30 +134,45 @@ class Store:
             cur = self.db.execute("update jobs set status='pending', worker=null where status='running'")
         return cur.rowcount
 
-    def claim(self, *, model: str, precision: str, worker: str = "") -> Job | None:
-        """Atomically take the next pending job of this pipeline; jobs of one shape come together."""
+    def claim(self, *, model: str, precision: str, worker: str = "", lease_seconds: float | None = None) -> Job | None:
+        """Atomically take the next job of this pipeline; jobs of one shape come together.
+
+        With a lease, a job whose holder stopped renewing it (a dead worker) is taken over once the
+        lease lapses; without one, only pending jobs are taken (a single run resets its own leftovers).
+        """
         worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        clock = time.time()
         conn = self.db.conn
         conn.execute("begin immediate")
         try:
             row = conn.execute(
-                "select job_id from jobs where status='pending' and model=? and precision=? "
+                "select job_id from jobs where model=? and precision=? and (status='pending' "
+                "or (status='running' and lease_until is not null and lease_until < ?)) "
                 "order by height, width, num_frames, position limit 1",
-                (model, precision),
+                (model, precision, clock),
             ).fetchone()
             if row is None:
                 conn.execute("commit")
                 return None
             conn.execute(
-                "update jobs set status='running', attempts=attempts+1, started_at=?, worker=?, error=null "
-                "where job_id=?",
-                (now(), worker, row[0]),
+                "update jobs set status='running', attempts=attempts+1, started_at=?, worker=?, error=null, "
+                "lease_until=? where job_id=?",
+                (now(), worker, clock + lease_seconds if lease_seconds else None, row[0]),
             )
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
         return self.get_job(row[0])
+
+    def renew(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Extend a worker's lease; False when the job is no longer its own (taken over after a lapse)."""
+        with self.db.conn:
+            cur = self.db.execute(
+                "update jobs set lease_until=? where job_id=? and worker=? and status='running'",
+                [time.time() + lease_seconds, job_id, worker],
+            )
+        return cur.rowcount == 1
 
     def release(self, job_id: str) -> None:
         """Put an interrupted job back to pending; its attempt does not count."""
@@ -213,11 +229,16 @@ class Store:
             "select count(*) from jobs where status='pending' and model=? and precision=?", (model, precision)
         ).fetchone()[0]
 
+    def running_count(self, *, model: str, precision: str) -> int:
+        return self.db.execute(
+            "select count(*) from jobs where status='running' and model=? and precision=?", (model, precision)
+        ).fetchone()[0]
+
     def pending_texts(self, *, model: str, precision: str) -> list[str]:
         """Every text the pending jobs of this pipeline need encoded, prompts and negative prompts."""
         texts: list[str] = []
         for prompt, negative, guidance in self.db.execute(
-            "select prompt, negative_prompt, guidance_scale from jobs where status='pending' and model=? "
+            "select prompt, negative_prompt, guidance_scale from jobs where status in ('pending', 'running') and model=? "
             "and precision=? order by position",
             (model, precision),
         ).fetchall():

@@ -32,8 +32,10 @@ def write_mp4(frames: np.ndarray, final: Path, fps: int) -> None:
             output_params=["-crf", "12", "-preset", "medium", "-threads", "1", "-movflags", "+faststart", "-f", "mp4"],
         )
         writer.send(None)
-        for frame in frames:
+        for i, frame in enumerate(frames):
             writer.send(np.ascontiguousarray(frame))
+            if i == len(frames) // 2:
+                faults.point("video_writing")  # ffmpeg still running, half the frames sent
         writer.close()
         faults.point("video_written")
         publish(tmp, final)

@@ -1,0 +1,93 @@
+"""One worker process: its own pipeline, claiming jobs from the shared database under a renewed lease.
+
+Started by batchgen.workers with a JSON config as its only argument; not a user command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease of the job in hand every third of the lease, on a connection of its own."""
+
+    def __init__(self, out: Path, worker: str, lease_seconds: float):
+        super().__init__(daemon=True)
+        self.out, self.worker, self.lease = out, worker, lease_seconds
+        self.job_id: str | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from .store import Store
+
+        store = Store(self.out)
+        try:
+            while not self._halt.wait(self.lease / 3):
+                job_id = self.job_id
+                if job_id is not None:
+                    store.renew(job_id, self.worker, self.lease)
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+def main(argv: list[str]) -> int:
+    from .render import Renderer
+    from .runner import Interrupted, RunSummary, _SignalGuard, work_loop
+    from .store import Store
+
+    config = json.loads(argv[0])
+    # Fault-injection tests aim BATCHGEN_FAULT at one worker only.
+    only = os.environ.get("BATCHGEN_FAULT_WORKER")
+    if only and only != config["worker"]:
+        os.environ.pop("BATCHGEN_FAULT", None)
+    out = Path(config["out"])
+    worker = f"{socket.gethostname()}:{os.getpid()}:{config['worker']}"
+    store = Store(out)
+    summary = RunSummary(out)
+    renderer = Renderer(
+        config["model"],
+        revision=config["revision"],
+        profile=config["profile"],
+        quality=config["quality"],
+        device=config["device"],
+        cache_dir=out / "cache" / "embeddings",
+        progress=False,
+    )
+    heartbeat = Heartbeat(out, worker, config["lease_seconds"])
+    heartbeat.start()
+
+    def on_claim(job_id):
+        heartbeat.job_id = job_id
+
+    def log(text: str) -> None:
+        print(f"[{config['worker']}] {text}", file=sys.stderr, flush=True)
+
+    code = 0
+    try:
+        with _SignalGuard():
+            try:
+                renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"]))
+                work_loop(out, store, renderer, model=config["model"], precision=config["precision"],
+                          summary=summary, log=log, worker=worker, lease_seconds=config["lease_seconds"],
+                          on_claim=on_claim)
+            except KeyboardInterrupt:
+                code = 128 + signal.SIGINT
+            except Interrupted as exc:
+                code = 128 + exc.signum
+    finally:
+        heartbeat.stop()
+        store.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
