@@ -40,11 +40,22 @@ def cli() -> None:
 @click.option("--device", help="Torch device, e.g. cuda:1 or cpu (default: cuda if available).")
 @click.option("--gpus", help="One worker process per GPU: 'all' or indices such as 0,1,2,3.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Number of worker processes on the CPU (testing, CPU farms).")
+@click.option("--ray", "ray_address", help="Render on a Ray cluster: its address, 'auto', or 'local' (starts one here).")
+@click.option("--ray-actors", type=click.IntRange(1, 1024), help="Number of Ray actors (default: one per GPU of the cluster).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms (and the CUDA settings they need); slower on a GPU.")
 @friendly
 def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None,
-           gpus: str | None, workers: int | None, no_progress: bool) -> None:
-    """Render every job of MANIFEST into OUT; run it again to resume."""
+           gpus: str | None, workers: int | None, ray_address: str | None, ray_actors: int | None,
+           no_progress: bool, deterministic: bool = False) -> None:
+    """Render every job of MANIFEST into OUT; run it again to resume.
+
+    MANIFEST may also be a previous run's metadata.jsonl or batchgen.db: the same jobs and file names again."""
+    if deterministic:
+        from .determinism import COST_NOTE, prepare_env
+
+        prepare_env()  # before anything touches CUDA
+        click.echo(COST_NOTE, err=True)
     from .manifest import load_manifest
     from .runner import render_manifest
 
@@ -53,17 +64,18 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
         click.echo(f"Warning: {warning}", err=True)
     if m.out is None:
         raise BatchgenError(f"{manifest}: no output folder: give --out OUT or `out:` in the manifest.")
-    if gpus and workers:
-        raise BatchgenError("Give --gpus (one worker per GPU) or --workers (CPU worker processes), not both.")
+    if sum(bool(x) for x in (gpus, workers, ray_address)) > 1:
+        raise BatchgenError("Give one of --gpus (one worker per GPU), --workers (CPU worker processes) or --ray.")
     pool = None
     if gpus:
         from .workers import parse_gpus
 
         pool = parse_gpus(gpus)
-    elif workers and workers > 1:
+    elif workers:
         pool = ["cpu"] * workers
         device = "cpu"
-    summary = render_manifest(m, m.out, device=device, progress=not no_progress, workers=pool)
+    summary = render_manifest(m, m.out, device=device, progress=not no_progress, workers=pool, deterministic=deterministic,
+                              ray_address=ray_address, ray_actors=ray_actors)
     done = summary.rendered
     click.echo(
         f"{done} rendered, {summary.skipped} already done, {summary.failed} failed; outputs in {summary.out}",
@@ -132,6 +144,21 @@ def retry(out: Path) -> None:
     finally:
         store.close()
     click.echo(f"{n} failed job(s) back to pending; run `batchgen render` with the same manifest and --out to render them.")
+
+
+# extra commands
+from .cli_reproduce import reproduce  # noqa: E402
+cli.add_command(reproduce)
+from .cli_verify import verify  # noqa: E402
+cli.add_command(verify)
+from .cli_sheet import sheet  # noqa: E402
+cli.add_command(sheet)
+from .cli_doctor import doctor  # noqa: E402
+cli.add_command(doctor)
+from .cli_export import export  # noqa: E402
+cli.add_command(export)
+from .cli_index import index_command  # noqa: E402
+cli.add_command(index_command)
 
 
 def main() -> None:

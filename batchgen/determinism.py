@@ -22,7 +22,7 @@ REQUEST_ENV = "BATCHGEN_DETERMINISTIC"
 COST_NOTE = (
     "batchgen: --deterministic: torch deterministic algorithms on, cuDNN deterministic with autotuning off, "
     f"{CUBLAS_ENV}={CUBLAS_VALUE}; it costs GPU speed (measure it with `python benchmarks/gpu_repro.py "
-    "--deterministic-cost`; nothing changes on the CPU), and an operation with no deterministic kernel makes "
+    "--deterministic-cost`), and an operation with no deterministic kernel makes "
     "its job fail instead of vary"
 )
 

@@ -21,5 +21,13 @@ def point(name: str) -> None:
     if target != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _counts[name] != int(nth or 1):
+        return
+    # BATCHGEN_FAULT_ONCE=path: fire in one process only, even across restarts (Ray restarts actors).
+    once = os.environ.get("BATCHGEN_FAULT_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

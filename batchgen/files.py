@@ -49,7 +49,7 @@ def write_text_atomic(final: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        faults.point("text_synced")
+        faults.point(f"{final.name}_synced")  # e.g. metadata.jsonl_synced: written, not yet renamed
         os.replace(tmp, final)
         fsync_dir(final.parent)
     finally:

@@ -27,6 +27,9 @@ def collect(renderer) -> dict:
     """
     import torch
 
+    remote = getattr(renderer, "remote_fingerprint", None)
+    if remote is not None:  # a Ray actor's renderer: collected where the frames were made
+        return remote
     key = (renderer.profile, getattr(renderer, "_denoiser_ready", None), torch.are_deterministic_algorithms_enabled())
     cache = renderer.__dict__.setdefault("_batchgen_fingerprints", {})
     if key not in cache:
@@ -53,7 +56,7 @@ def _collect(renderer) -> dict:
         "revision": renderer.revision,
         "resolved_revision": loaded.revision,
         "profile": profile,
-        "precision": profiles.precision(profile, quality) if profile in profiles._PRECISION else None,
+        "precision": profiles.precision(profile, quality) if profile in profiles.PROFILES and profile != "auto" else None,
         "quality": quality,
         "dtypes": _dtypes(pipe, profile),
         "vae_tiling": bool(getattr(renderer, "vae_tiling", True)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -72,14 +73,9 @@ def render_html(out: Path, store) -> str:
     counts = store.counts()
     title = f"batchgen: {Path(out).resolve().name}"
     data = {"title": title, "counts": counts, "generated_at": _now(), "items": items}
-    return (
-        _TEMPLATE.replace("%%TITLE%%", html.escape(title))
-        .replace("%%CSS%%", _CSS)
-        .replace("%%NOSCRIPT%%", _noscript(items))
-        .replace("%%JS%%", _JS)
-        # Last, so that nothing in the data is ever taken for a placeholder.
-        .replace("%%DATA%%", script_json(data))
-    )
+    parts = {"TITLE": html.escape(title), "CSS": _CSS, "NOSCRIPT": _noscript(items), "JS": _JS, "DATA": script_json(data)}
+    # One pass, so a prompt that happens to contain "%%DATA%%" is never taken for a placeholder.
+    return re.sub(r"%%(TITLE|CSS|NOSCRIPT|JS|DATA)%%", lambda m: parts[m.group(1)], _TEMPLATE)
 
 
 def write_gallery(out: Path, store) -> Path:
@@ -195,6 +191,7 @@ h1 { font-size: 18px; margin: 0 0 4px; }
 .card .note { color: var(--bad); font-size: 12px; margin: 0; }
 .card a { color: inherit; font-size: 12px; }
 #more { display: block; margin: 0 auto 24px; padding: 8px 16px; font: inherit; }
+#more[hidden] { display: none; }
 """
 
 _JS = r"""
@@ -318,7 +315,27 @@ _JS = r"""
     grid.dataset.matches = String(matches.length);
   }
 
-  function reset() { limit = PAGE; draw(); }
+  // The view lives in the address's #fragment (q=..&sort=..&show=..), so a filtered view can be bookmarked
+  // or shared along with the folder.
+  var params = {};
+  location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+    if (!part) return;
+    var i = part.indexOf("=");
+    var k = i < 0 ? part : part.slice(0, i);
+    try { params[k] = i < 0 ? true : decodeURIComponent(part.slice(i + 1).replace(/\+/g, " ")); } catch (e) {}
+  });
+  if (typeof params.q === "string") q.value = params.q;
+  if (SORTS[params.sort]) sortSel.value = params.sort;
+  if (params.show === "done" || params.show === "failed") statusSel.value = params.show;
+
+  function remember() {
+    var parts = [];
+    if (q.value) parts.push("q=" + encodeURIComponent(q.value));
+    if (sortSel.value !== "newest") parts.push("sort=" + sortSel.value);
+    if (statusSel.value !== "all") parts.push("show=" + statusSel.value);
+    try { history.replaceState(null, "", parts.length ? "#" + parts.join("&") : location.pathname); } catch (e) {}
+  }
+  function reset() { limit = PAGE; draw(); remember(); }
   q.addEventListener("input", reset);
   sortSel.addEventListener("change", reset);
   statusSel.addEventListener("change", reset);
@@ -327,7 +344,7 @@ _JS = r"""
   document.body.dataset.ready = String(DATA.items.length);
 
   // #autoplay-test: play the first video at load and say whether it really plays (used by the tests).
-  if (location.hash === "#autoplay-test") {
+  if (params["autoplay-test"]) {
     var v = grid.querySelector("video");
     if (!v) {
       testLine.textContent = "autoplay-test: no video on the page";

@@ -109,3 +109,14 @@ def m004_leases(db: sqlite_utils.Database) -> None:
 def m002_fingerprint(db: sqlite_utils.Database) -> None:
     # JSON of batchgen.fingerprint.collect(): what besides the job's settings decided its pixels.
     db["jobs"].add_column("fingerprint", str)
+
+
+@migration
+def m003_reliability(db: sqlite_utils.Database) -> None:
+    # Claim order as an index: taking the next job reads one index entry instead of sorting every pending
+    # job each time (about 7 ms a claim at 10,000 jobs without it).
+    db["jobs"].create_index(
+        ["status", "model", "precision", "height", "width", "num_frames", "position"],
+        index_name="idx_jobs_claim_order",
+        if_not_exists=True,
+    )

@@ -64,20 +64,20 @@ GROUP_OFFLOAD_RESIDENT_GIB = float(os.environ.get("BATCHGEN_GROUP_OFFLOAD_RESIDE
 
 # VAE decode in chunks of this many latent frames (6 video frames each), so decode memory does not grow
 # with the video's length. 0 decodes all frames at once.
-DECODE_LATENT_FRAMES = int(os.environ.get("BATCHGEN_DECODE_LATENT_FRAMES", "2"))
+DECODE_LATENT_FRAMES = int(os.environ.get("BATCHGEN_DECODE_LATENT_FRAMES", "1"))
 
-# Memory model used by `auto`, in GiB, for Mochi 1 at bf16 compute with CFG (batch 2). Fitted from
-# benchmarks/results-h100.json (see benchmarks/RESULTS.md); conservative by a margin.
+# Memory model used by `auto`, in GiB, for Mochi 1 at bf16 compute with CFG (batch 2). Fitted from the H100
+# runs in benchmarks/results/ (see benchmarks/RESULTS.md), rounded up.
 _DENOISER_WEIGHTS_GIB = {
-    "resident": 18.7,
+    "resident": 18.7,  # 10.03B parameters in bf16
     "offload": 18.7,
-    "group-offload": GROUP_OFFLOAD_RESIDENT_GIB + 1.5,  # resident blocks, embeddings, two blocks in flight
-    "fp8": 9.6,
-    "int8": 10.3,
-    "nf4": 5.6,
+    "group-offload": GROUP_OFFLOAD_RESIDENT_GIB + 1.5,  # resident blocks, embeddings, blocks in flight
+    "fp8": 12.0,  # diffusers keeps the AdaLN "norm*.linear" layers in bf16
+    "int8": 10.0,
+    "nf4": 5.0,
 }
-_ACTIVATION_GIB_PER_KTOKEN = 0.10  # per 1000 latent tokens (CFG batch included)
-_DECODE_GIB = 3.0  # chunked, tiled decode of one chunk, whatever the frame count
+_ACTIVATION_GIB_PER_KTOKEN = 0.22  # per 1000 latent tokens (CFG batch included); 163 frames = 44.5k tokens
+_DECODE_GIB = 3.0  # VAE weights + one tiled, time-chunked decode chunk, whatever the frame count
 _MARGIN_GIB = 1.5  # CUDA context, allocator fragmentation
 # Fastest first; auto only walks the bf16 ones so that it never changes the pixels on its own.
 _AUTO_ORDER = ("resident", "group-offload")

@@ -171,6 +171,11 @@ class Renderer:
         profiles.release_text_encoder(pipe)
         profiles.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
         self._denoiser_ready = True
+        if self.device.startswith("cuda"):
+            import torch
+
+            # Moving weights leaves freed blocks cached: hand them back so the batch starts from its real footprint.
+            torch.cuda.empty_cache()
 
     def step_down(self) -> str | None:
         """After a CUDA out-of-memory error: free what the current profile holds and switch to the next

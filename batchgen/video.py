@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +41,43 @@ def write_mp4(frames: np.ndarray, final: Path, fps: int) -> None:
                 faults.point("video_writing")  # ffmpeg still running, half the frames sent
         writer.close()
         faults.point("video_written")
+        _check_whole(tmp, final, len(frames))
         publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def count_frames(path: Path) -> int:
+    """How many frames of `path` decode; raises OSError or RuntimeError when it is no readable video."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        next(reader)
+        return sum(1 for _ in reader)
+    finally:
+        reader.close()
+
+
+# Below this much free space, an encode that came out short is blamed on the disk.
+_LOW_SPACE = 16 * 2**20
+
+
+def _check_whole(tmp: Path, final: Path, expected: int) -> None:
+    """imageio-ffmpeg ignores ffmpeg's exit status: on a full disk it leaves a truncated file and no
+    error, which would be published and checksummed as if whole. So decode what was written."""
+    try:
+        decoded = count_frames(tmp)
+    except (OSError, RuntimeError):
+        decoded = 0
+    if decoded == expected:
+        return
+    if shutil.disk_usage(tmp.parent).free < _LOW_SPACE:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+    raise RuntimeError(
+        f"ffmpeg could not write a whole video to {final}: {decoded} of {expected} frames decode "
+        "(ffmpeg's own message is above)"
+    )
 
 
 def read_mp4(path: Path) -> np.ndarray:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Every fault point in batchgen, in the order a job passes them; `text_synced` is the atomic index
-# rewrite at the start (1st) and end (2nd) of a run.
+# Every fault point in batchgen, in the order a job passes them; `metadata.jsonl_synced` is the atomic
+# index rewrite (written and synced, not yet renamed) at the start (1st) and end (2nd) of a run.
 JOB_POINTS = [
     "claimed",
     "video_writing",
@@ -40,16 +42,22 @@ JOB_POINTS = [
     "index_appended",
     "indexed",
 ]
-RUN_POINTS = ["text_synced"]
+RUN_POINTS = ["metadata.jsonl_synced"]
 
 
 # -- the server --------------------------------------------------------------------------------------
 def _serve() -> None:
+    # The expensive imports, done once; importing runs no torch operation, so forking stays safe.
     import batchgen.cli as cli
-    import batchgen.render  # noqa: F401  (torch, diffusers: the expensive imports, done once)
+    import batchgen.fingerprint  # noqa: F401
+    import batchgen.render  # noqa: F401
     import batchgen.runner  # noqa: F401
-    import diffusers  # noqa: F401
     import imageio_ffmpeg  # noqa: F401
+    import torch  # noqa: F401
+    import tqdm  # noqa: F401
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel  # noqa: F401
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d  # noqa: F401
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer  # noqa: F401
 
     reply = sys.stdout
     for line in sys.stdin:
@@ -189,12 +197,10 @@ def check_after_resume(out: Path, before: State, reference: dict[str, str]) -> N
     try:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         rows = conn.execute("select job_id, status, sha256, finished_at, output_path from jobs").fetchall()
-        last_exit = conn.execute("select exit from runs order by id desc limit 1").fetchone()
     finally:
         conn.close()
     assert {r[1] for r in rows} == {"done"}, rows
     assert {r[0] for r in rows} == set(reference), "jobs differ from the reference run"
-    assert last_exit is None or last_exit[0] == "finished", last_exit
     for jid, _status, sha, fin, path in rows:
         # Same bytes as an uninterrupted run: the file decodes (the reference decoded) and is whole.
         assert sha == reference[jid], f"job {jid}: checksum differs from the uninterrupted run"
@@ -242,6 +248,7 @@ class Trial:
     moment: str  # "indexed:3" or "random 1.234 s"
     killed: bool  # False when the run finished before the moment came
     done_at_kill: int
+    resume_seconds: float  # a whole run when done_at_kill is 0: the time scale of random kills
 
 
 def crash_trial(lab: Lab, manifest: Path, out: Path, reference: dict[str, str], *, fault=None, kill_after=None) -> Trial:
@@ -251,15 +258,33 @@ def crash_trial(lab: Lab, manifest: Path, out: Path, reference: dict[str, str], 
     killed = code == -signal.SIGKILL
     assert killed or code == 0, f"{moment}: exit {code}\n{output}"
     before = check_after_kill(out)
-    code, output, _ = lab.render(manifest, out)
+    code, output, seconds = lab.render(manifest, out)
     assert code == 0, f"{moment}: resume exit {code}\n{output}"
     check_after_resume(out, before, reference)
-    return Trial(moment, killed, len(before.done))
+    return Trial(moment, killed, len(before.done), seconds)
 
 
-def named_moments(jobs: int) -> list[str]:
-    """Every job fault point at the first, a middle and the last job, and both index rewrites."""
-    ordinals = sorted({1, (jobs + 1) // 2 + 1, jobs}) if jobs > 1 else [1]
+def random_trials(lab: Lab, manifest: Path, folder: Path, reference: dict[str, str], seconds: float, *, count: int, seed: int) -> list[Trial]:
+    """SIGKILL at seeded random fractions of a run. The time scale follows the machine: it is the median
+    of the whole runs seen so far (the reference, and each resume that started from nothing), so a
+    loaded machine still gets its kills spread over the run instead of bunched at its start."""
+    rng = random.Random(seed)
+    whole = [seconds]
+    trials = []
+    for n in range(count):
+        fraction = rng.uniform(0.02, 0.98)
+        delay = fraction * statistics.median(whole)
+        trial = crash_trial(lab, manifest, folder / f"random{n}", reference, kill_after=delay)
+        trial.moment = f"random {fraction:.2f} of a run ({delay:.2f} s)"
+        if trial.done_at_kill == 0:
+            whole.append(trial.resume_seconds)
+        trials.append(trial)
+    return trials
+
+
+def named_moments(jobs: int, *, middle: bool = False) -> list[str]:
+    """Every job fault point at the first and the last job (and a middle one), and both index rewrites."""
+    ordinals = sorted({1, jobs} | ({(jobs + 1) // 2 + 1} if middle and jobs > 2 else set()))
     return [f"{p}:{n}" for p in JOB_POINTS for n in ordinals] + [f"{p}:{n}" for p in RUN_POINTS for n in (1, 2)]
 
 

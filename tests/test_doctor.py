@@ -1,0 +1,191 @@
+import json
+import subprocess
+from collections import namedtuple
+
+import huggingface_hub
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import constants
+
+from batchgen import doctor
+from batchgen.cli import cli
+from fakerun import make_run
+
+GiB = 2**30
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_doctor_on_this_machine_with_the_tiny_model(tmp_path):
+    result = run("doctor", "--model", "tiny", "--out", tmp_path / "new" / "out")
+    assert result.exit_code == 0, result.output
+    for name in ("CUDA", "profiles", "bitsandbytes", "ffmpeg", "HF login", "model", "disk"):
+        assert any(line.split()[1:2] == name.split()[:1] for line in result.output.splitlines()), name
+    assert "tiny: built in memory" in result.output
+    checks = json.loads(run("doctor", "--model", "tiny", "--json").output)
+    assert {c["status"] for c in checks} <= {"OK", "WARN", "FAIL"}
+    assert all(c["fix"] for c in checks if c["status"] != "OK")
+
+
+def test_ffmpeg_without_libx264_blocks_rendering(monkeypatch):
+    real = subprocess.run
+
+    def fake(cmd, **kw):
+        if "-encoders" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, " V..... libopenh264  OpenH264\n", "")
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(doctor.subprocess, "run", fake)
+    check = doctor.check_ffmpeg()
+    assert check.status == "FAIL" and check.blocking and "libx264" in check.detail and "imageio-ffmpeg" in check.fix
+    monkeypatch.setattr(doctor, "check_ffmpeg", lambda: check)
+    result = run("doctor", "--model", "tiny")
+    assert result.exit_code == 1
+    assert "fix: pip install --force-reinstall imageio-ffmpeg" in result.output
+
+
+def test_cpu_torch_on_a_gpu_machine_says_how_to_fix_it(monkeypatch):
+    monkeypatch.setattr(doctor, "nvidia_smi", lambda: [{"name": "NVIDIA H100", "driver": "570.1", "total_mib": "81559",
+                                                         "free_mib": "80000"}])
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    check, devices = doctor.check_cuda()
+    assert devices == [] and check.status == "WARN"
+    assert "CPU build" in check.detail and "NVIDIA H100" in check.detail and "570.1" in check.detail
+    assert "download.pytorch.org" in check.fix
+
+
+def gpu(free_gib, total_gib=80, capability=(9, 0)):
+    return {"index": 0, "name": "GPU", "capability": "%d.%d" % capability, "bf16": capability[0] >= 8,
+            "free": free_gib * GiB, "total": total_gib * GiB}
+
+
+def test_profiles_that_fit_follow_free_memory():
+    # Needs come from batchgen.profiles' memory model, which is tuned as measurements come in.
+    needs = doctor.profile_needs()
+    longest, short = list(doctor.SIZES)
+    resident = needs["resident"][longest]
+    smallest = min(by[longest] for by in needs.values())
+    assert smallest < resident and needs["resident"][short] < resident
+    big = doctor.check_profiles([gpu(resident + 1)], bnb_ok=True)
+    assert big.status == "OK" and "resident" in big.detail
+    mid_free = (smallest + resident) / 2
+    mid = doctor.check_profiles([gpu(mid_free)], bnb_ok=True)
+    fastest = next(n for n, by in needs.items() if by[longest] <= mid_free)
+    assert mid.status == "WARN" and f"Fastest that fits: {fastest}" in mid.detail
+    assert "too big" in mid.detail.split("resident ~")[1].split(";")[0]
+    no_bnb = doctor.check_profiles([gpu(resident + 1)], bnb_ok=False)
+    assert "needs bitsandbytes" in no_bnb.detail.split("nf4 ~")[1]
+    tiny = doctor.check_profiles([gpu(smallest - 0.5)], bnb_ok=True)
+    assert tiny.status == "WARN" and "num_frames" in tiny.fix
+
+
+def test_old_gpus_and_busy_gpus_warn():
+    checks = doctor.check_gpus([gpu(70, capability=(7, 0)), dict(gpu(10), index=1)])
+    assert [c.status for c in checks] == ["WARN", "WARN"]
+    assert "bf16" in checks[0].detail and "other processes" in checks[1].detail
+
+
+def test_login(monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert doctor.check_login("tiny").status == "OK"
+    check = doctor.check_login("genmo/mochi-1-preview")
+    assert check.status == "WARN" and "hf auth login" in check.fix
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_secret_value")
+    check = doctor.check_login("genmo/mochi-1-preview")
+    assert check.status == "OK" and "hf_secret_value" not in check.detail
+
+
+def fake_snapshot(cache, repo="org/model", shards=("a.safetensors", "b.safetensors"), have=("a.safetensors", "b.safetensors")):
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    (snap / "transformer").mkdir(parents=True)
+    (snap / "model_index.json").write_text(json.dumps({"_class_name": "MochiPipeline", "transformer": ["diffusers", "X"],
+                                                       "vae": ["diffusers", "Y"], "tokenizer": [None, None]}))
+    (snap / "transformer" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {f"w{i}": s for i, s in enumerate(shards)}}))
+    for s in have:
+        (snap / "transformer" / s).write_bytes(b"x")
+    (snap / "vae").mkdir()
+    (snap / "vae" / "config.json").write_text("{}")
+    return snap
+
+
+def test_model_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = doctor.check_model("org/model", explicit=True)
+    assert missing.status == "FAIL" and missing.blocking and "hf download org/model" in missing.fix
+    assert doctor.check_model("org/model", explicit=False).status == "WARN"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    online = doctor.check_model("org/model", explicit=True)
+    assert online.status == "WARN" and "not cached yet" in online.detail
+    fake_snapshot(tmp_path / "hub", have=("a.safetensors",))
+    partial = doctor.check_model("org/model", explicit=False)
+    assert partial.status == "WARN" and "transformer/b.safetensors" in partial.detail
+    shutil_snap = fake_snapshot(tmp_path / "hub2")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub2"))
+    assert doctor.check_model("org/model", explicit=True).status == "OK"
+    # A local pipeline folder is checked the same way.
+    assert doctor.check_model(str(shutil_snap), explicit=True).status == "OK"
+    (shutil_snap / "transformer" / "b.safetensors").unlink()
+    local = doctor.check_model(str(shutil_snap), explicit=True)
+    assert local.status == "FAIL" and "b.safetensors" in local.detail
+
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def test_disk(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    store = make_run(out, [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c", "status": "pending"},
+                           {"prompt": "d", "status": "pending"}])
+    store.close()
+    assert doctor.check_disk(out).status == "OK"
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: Usage(100 * GiB, 100 * GiB - 500 * 2**20, 500 * 2**20))
+    low = doctor.check_disk(tmp_path / "elsewhere")
+    assert low.status == "FAIL" and low.blocking and "free space" in low.fix
+    # The batch's own videos tell how much its remaining jobs need.
+    avg = sum(p.stat().st_size for p in (out / "videos").iterdir()) / 2
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: Usage(100 * GiB, 0, int(avg)))
+    tight = doctor.check_disk(out)
+    assert tight.status == "WARN" and "2 job(s) left" in tight.detail
+
+
+def test_doctor_never_touches_the_network(monkeypatch, tmp_path):
+    import socket
+
+    def refuse(*a, **k):
+        raise AssertionError("doctor opened a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    checks = by_name(doctor.run_checks(tmp_path, "genmo/mochi-1-preview"))
+    assert checks["model"].status == "WARN"
+
+
+@pytest.mark.parametrize("bad", ["not a repo id!!", "../nowhere/at/all"])
+def test_odd_model_names_do_not_crash(bad):
+    check = doctor.check_model(bad, explicit=True)
+    assert check.status in ("WARN", "FAIL") and check.fix
+
+
+def test_missing_imageio_ffmpeg_blocks_rendering(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now raises ImportError
+    check = doctor.check_ffmpeg()
+    assert check.status == "FAIL" and check.blocking and "pip install -e ." in check.fix
