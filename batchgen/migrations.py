@@ -120,3 +120,9 @@ def m003_reliability(db: sqlite_utils.Database) -> None:
         index_name="idx_jobs_claim_order",
         if_not_exists=True,
     )
+
+
+@migration
+def m005_notes(db: sqlite_utils.Database) -> None:
+    # Free-text history of a job (OOM step-downs), kept apart from `error`, which a success clears.
+    db["jobs"].add_column("notes", str)

@@ -55,6 +55,13 @@ def _quiet_diffusers() -> None:
     warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
 
 
+def cpu_threads() -> int:
+    """Threads for the cpu profile: BATCHGEN_CPU_THREADS, default 1 (the tiny model gains little from more)."""
+    import os
+
+    return max(1, int(os.environ.get("BATCHGEN_CPU_THREADS", "1")))
+
+
 class Renderer:
     """Holds the one pipeline of a run and the batch's text embeddings."""
 
@@ -83,6 +90,12 @@ class Renderer:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.vae_tiling = vae_tiling
         self.progress = progress
+        if self.device == "cpu":
+            # CPU kernels split reductions by thread count, so the count decides the last bits of every
+            # frame: fix it, so one seed gives one video alone, in --workers processes or on Ray actors.
+            import torch
+
+            torch.set_num_threads(cpu_threads())
         self.loaded: LoadedPipeline | None = None
         self._embeds: dict[str, tuple] = {}
         self._denoiser_ready = False
@@ -139,10 +152,12 @@ class Renderer:
             missing.append(text)
         if not missing:
             return
-        if self._denoiser_ready:
-            raise RuntimeError("all texts must be encoded before the denoiser is set up")
+        if self._denoiser_ready and self.profile != "cpu":
+            # On a GPU profile the text encoder has been freed for the denoiser's sake.
+            raise RuntimeError("all texts must be encoded before the first render on a GPU profile: call encode() first")
         pipe = self.pipe
-        profiles.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
+        if not self._denoiser_ready:
+            profiles.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
         with torch.inference_mode():
             for text in missing:
                 embeds, mask, _, _ = pipe.encode_prompt(

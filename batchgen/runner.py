@@ -284,7 +284,7 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
     rel = final.relative_to(out).as_posix()
     try:
         faults.point("claimed")
-        rendered = renderer.render(job)
+        rendered = _render_stepping_down(renderer, job, store, log)
         if final.exists() and store.get_row(job.job_id)["output_path"] != rel:
             # Not an orphan of this job's own crashed publish: the user's file, or another job's. Keep it.
             raise FileExistsError(f"{final} already exists and is not batchgen's; batchgen never overwrites a video")
@@ -329,6 +329,25 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
             _free_cuda()
         if os.environ.get("BATCHGEN_DEBUG"):
             traceback.print_exc()
+
+
+def _render_stepping_down(renderer, job: Job, store: Store, log):
+    """Render; on a CUDA out-of-memory error free memory, move to the next lower-memory profile of the same
+    precision (same job id, same pixels) and try again, for as long as there is a lower one."""
+    while True:
+        try:
+            return renderer.render(job)
+        except Exception as exc:
+            if not _is_oom(exc) or not hasattr(renderer, "step_down"):
+                raise
+            old = renderer.profile
+            _free_cuda()
+            new = renderer.step_down()
+            if new is None:
+                raise
+            log(f"batchgen: job {job.job_id} ran out of GPU memory under '{old}'; retrying with '{new}' "
+                "for the rest of the batch")
+            store.note(job.job_id, f"out of GPU memory under {old}; stepped down to {new}")
 
 
 def _stop_unwritable(store: Store, job: Job, final: Path, rel: str, exc: BaseException) -> None:

@@ -194,6 +194,13 @@ class Store:
         fields = dict(fields, status="done", finished_at=fields.get("finished_at") or now(), error=None)
         self._update(job_id, fields)
 
+    def note(self, job_id: str, text: str) -> None:
+        """Keep a line of what happened to a job (an OOM step-down) beside its record."""
+        with self.db.conn:
+            self.db.execute(
+                "update jobs set notes = coalesce(notes || char(10), '') || ? where job_id=?", [text, job_id]
+            )
+
     def set_output_path(self, job_id: str, output_path: str) -> None:
         self._update(job_id, {"output_path": output_path})
 

@@ -17,8 +17,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_precision_mapping():
     assert profiles.precision("cpu") == "fp32"
-    for name in ("resident", "offload", "group-offload"):
+    for name in ("resident", "group-offload"):
         assert profiles.precision(name) == "bf16"
+    # offload did not match resident byte for byte on the H100, compiled blocks round differently:
+    # each keeps ids of its own.
+    assert profiles.precision("offload") == "bf16-offload"
+    assert profiles.precision("fast") == "bf16-compiled"
     assert profiles.precision("fp8") == "fp8"
     assert profiles.precision("int8") == "int8"
     assert profiles.precision("nf4") == "nf4"
@@ -55,12 +59,10 @@ def test_estimates_grow_with_frames_and_shrink_down_the_chain():
 
 def test_fallback_chain_keeps_precision():
     assert profiles.fallback("resident") == "group-offload"
-    assert profiles.fallback("offload") == "group-offload"
     assert profiles.fallback("group-offload") is None
-    for name in ("fp8", "int8", "nf4", "cpu"):
+    for name in ("offload", "fast", "fp8", "int8", "nf4", "cpu"):
         assert profiles.fallback(name) is None
-    for name in ("resident", "offload"):
-        assert profiles.precision(profiles.fallback(name)) == profiles.precision(name)
+    assert profiles.precision(profiles.fallback("resident")) == profiles.precision("resident")
     # Allowed to change precision, everything ends at nf4.
     assert profiles.fallback("group-offload", same_precision=False) == "nf4"
     assert profiles.fallback("nf4", same_precision=False) is None
