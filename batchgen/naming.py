@@ -74,11 +74,16 @@ def render_output_name(template: str, *, prompt: str, index: int, seed: int, job
         ) from None
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _is_unsafe_char(ch: str) -> bool:
     if ch in _FORBIDDEN:
         return True
     # Cc: C0/C1 controls incl. \n \t DEL; Zl/Zp: line/paragraph separators (break terminals/listings).
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+    # Bidirectional controls (RLO and friends) make a name display as something else ("a\u202egnp.exe"
+    # shows as "aexe.png"); ZWJ (U+200D) stays, emoji sequences need it.
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS
 
 
 def _is_reserved(name: str) -> bool:

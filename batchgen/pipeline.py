@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import ModelLoadError
 
 TINY = "tiny"
+REALSIZE = "realsize"
 TINY_SEED = 20241022
 # T5 reads at most this many tokens (diffusers' max_sequence_length), the tiny character-level one too.
 MAX_SEQUENCE_LENGTH = 256
@@ -131,9 +132,16 @@ def is_local(model: str) -> bool:
 
 def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict | None = None) -> LoadedPipeline:
     """Build `tiny`, or load a local folder / hub id through `MochiPipeline.from_pretrained`."""
+    if model == REALSIZE:
+        return _realsize(load_kwargs or {})
     if model == TINY:
         pipe = build_tiny_pipeline()
-        return LoadedPipeline(pipe, model, "tiny-" + weights_hash(pipe)[:16], MAX_SEQUENCE_LENGTH)
+        revision = "tiny-" + weights_hash(pipe)[:16]  # of the weights as built, whatever dtype they render in
+        dtype = (load_kwargs or {}).get("dtype")
+        if dtype is not None:
+            for name in ("text_encoder", "transformer", "vae"):
+                getattr(pipe, name).to(dtype=dtype)
+        return LoadedPipeline(pipe, model, revision, MAX_SEQUENCE_LENGTH)
     pipe = _from_pretrained(model, revision, load_kwargs or {})
     for name in ("text_encoder", "transformer", "vae"):
         module = getattr(pipe, name, None)
@@ -145,6 +153,25 @@ def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict 
     if tr is not None and getattr(tr.config, "max_sequence_length", None):
         max_len = min(max_len, int(tr.config.max_sequence_length))
     return LoadedPipeline(pipe, model, resolve_revision(model, revision), max_len)
+
+
+def _realsize(load_kwargs: dict) -> LoadedPipeline:
+    """Published-size Mochi with random weights on the GPU: real memory and speed, for benchmarks."""
+    import torch
+
+    from .realsize import build_realsize_pipeline
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError("model 'realsize' (published-size random weights, for benchmarks) needs a CUDA GPU.")
+    if "quantization_config" in load_kwargs:
+        raise ModelLoadError(
+            "model 'realsize' is built in bf16 on the GPU and cannot be quantized on load: use profile resident, "
+            "fast, group-offload, offload or fp8 with it (benchmarks/bench_profiles.py measures int8 and nf4)."
+        )
+    pipe = build_realsize_pipeline("cuda")
+    for name in ("text_encoder", "transformer", "vae"):
+        getattr(pipe, name).eval()
+    return LoadedPipeline(pipe, REALSIZE, "realsize-random-seed0", MAX_SEQUENCE_LENGTH)
 
 
 def resolve_revision(model: str, revision: str | None) -> str:

@@ -172,10 +172,13 @@ def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | No
     )
 
 
-def precision(profile: str, quality: bool = False) -> str:
-    """The numeric recipe a profile renders with; part of every job id."""
+def precision(profile: str, quality: bool = False, deterministic: bool = False) -> str:
+    """The numeric recipe a profile renders with; part of every job id. Deterministic algorithms are part
+    of it: on the H100 they gave other frames than the default kernels (benchmarks/results/gpu_repro_h100.log)."""
     base = _PRECISION[profile]
-    return base + "+quality" if quality else base
+    if quality:
+        base += "+quality"
+    return base + "+deterministic" if deterministic else base
 
 
 def fallback(profile: str, *, same_precision: bool = True) -> str | None:

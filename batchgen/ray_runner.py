@@ -177,6 +177,10 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     finally:
         bar.close()
         ray.shutdown()
+        from . import gallery, index
+
+        index.rebuild(out, store)
+        gallery.maybe_write_gallery(out, store, force=True)
     if errors and summary.interrupted_by is None:
         raise errors[0]
     return summary

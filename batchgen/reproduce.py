@@ -184,23 +184,24 @@ class _Plan:
 def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: bool | None) -> _Plan:
     job, jid = row_to_job(row), row["job_id"]
     recorded, full = recorded_fingerprint(row)
-    quality = job.precision.endswith("+quality")
+    quality = "+quality" in job.precision
+    det = "+deterministic" in job.precision
     if profile is not None and (profile not in profiles.PROFILES or profile == "auto"):
         raise ReproduceError(f"--profile: {profile!r} is not a profile to reproduce with; choose one of "
                              f"{', '.join(p for p in profiles.PROFILES if p != 'auto')} of precision {job.precision}")
     chosen = profile or row.get("profile") or recorded.get("profile")
     if chosen not in profiles.PROFILES or chosen == "auto":
         raise ReproduceError(f"Job {jid} has no recorded profile; give --profile (one that renders at precision {job.precision})")
-    if profiles.precision(chosen, quality) != job.precision:
+    if profiles.precision(chosen, quality, det) != job.precision:
         raise ReproduceError(
-            f"--profile {chosen} renders at precision {profiles.precision(chosen, quality)}, but job {jid} was "
+            f"--profile {chosen} renders at precision {profiles.precision(chosen, quality, det)}, but job {jid} was "
             f"rendered at {job.precision}: only a profile of the same precision can reproduce it"
         )
     here = profiles.resolve(chosen, device)
-    if profiles.precision(here.name, quality) != job.precision:
+    if profiles.precision(here.name, quality, det) != job.precision:
         raise ReproduceError(
             f"Job {jid} was rendered at precision {job.precision} with profile '{chosen}'; here that resolves to "
-            f"profile '{here.name}' ({here.reason}), precision {profiles.precision(here.name, quality)}, which cannot "
+            f"profile '{here.name}' ({here.reason}), precision {profiles.precision(here.name, quality, det)}, which cannot "
             "give the same frames. Reproduce it on a machine like the one it was rendered on (see its fingerprint)."
         )
     resolved = recorded.get("resolved_revision") or ""
@@ -217,7 +218,7 @@ def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: 
         revision=revision,
         profile=here.name,
         vae_tiling=bool(recorded.get("vae_tiling", True)),
-        deterministic=bool(deterministic) or bool(wanted),
+        deterministic=bool(deterministic) or bool(wanted) or det,
         threads=recorded.get("cpu_threads") if here.name == "cpu" and full else None,
     )
 

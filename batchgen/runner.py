@@ -113,9 +113,11 @@ class _SignalGuard:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def plan(manifest: Manifest, device: str | None = None) -> tuple[profiles.ProfileChoice, list[Job]]:
+def plan(
+    manifest: Manifest, device: str | None = None, deterministic: bool = False
+) -> tuple[profiles.ProfileChoice, list[Job]]:
     choice = profiles.resolve(manifest.profile, device)
-    jobs = manifest.expand(profiles.precision(choice.name, manifest.quality))
+    jobs = manifest.expand(profiles.precision(choice.name, manifest.quality, deterministic))
     return choice, jobs
 
 
@@ -134,8 +136,8 @@ def render_manifest(
 ) -> RunSummary:
     """Render every pending job of `manifest` into `out`, resuming whatever an earlier run left."""
     out = Path(out or manifest.out or "out")
-    choice, jobs = plan(manifest, device)
-    precision = profiles.precision(choice.name, manifest.quality)
+    choice, jobs = plan(manifest, device, deterministic)
+    precision = profiles.precision(choice.name, manifest.quality, deterministic)
     summary = RunSummary(out, profile=choice.name, profile_reason=choice.reason)
     with unwritable.guard(out):
         out.mkdir(parents=True, exist_ok=True)

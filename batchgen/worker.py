@@ -71,14 +71,21 @@ def main(argv: list[str]) -> int:
     def log(text: str) -> None:
         print(f"[{config['worker']}] {text}", file=sys.stderr, flush=True)
 
+    from . import determinism
+    from .unwritable import OutputUnwritable
+
     code = 0
     try:
-        with _SignalGuard():
+        with _SignalGuard(), determinism.settings(determinism.requested()):
             try:
                 renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"]))
                 work_loop(out, store, renderer, model=config["model"], precision=config["precision"],
                           summary=summary, log=log, worker=worker, lease_seconds=config["lease_seconds"],
                           on_claim=on_claim)
+            except OutputUnwritable as exc:
+                # The disk is full for every worker alike: say so once, and let the parent stop the batch.
+                log(f"Error: {exc}")
+                code = exc.exit_code
             except KeyboardInterrupt:
                 code = 128 + signal.SIGINT
             except Interrupted as exc:

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import index
+from . import gallery, index
 from .files import remove_partials
+from .unwritable import OutputUnwritable
 from .errors import BatchgenError
 
 DEFAULT_LEASE_SECONDS = 120.0
@@ -118,10 +119,17 @@ def run_workers(manifest, out: Path, store, choice, precision: str, pending: int
         # Every worker has stopped: no temporary file is still being written.
         remove_partials(out / VIDEO_DIR)
         index.rebuild(out, store)
+        gallery.maybe_write_gallery(out, store, force=True)
         store.finish_run(run_id, exit_word)
     for n, p in enumerate(procs):
         if p.returncode not in (0, -signal.SIGTERM, 128 + signal.SIGTERM) and summary.interrupted_by is None:
             log(f"batchgen: worker {n} ({workers[n]}) exited with status {p.returncode}")
+    unwritable = [p for p in procs if p.returncode == OutputUnwritable.exit_code]
+    if unwritable and summary.interrupted_by is None:
+        raise OutputUnwritable(
+            f"A worker could not write to {out} (disk full, read-only or no permission; its message is above). "
+            "The batch stopped; free space or fix permissions, then run the same command again."
+        )
     counts = store.counts()
     summary.rendered = counts["done"] - done_before
     summary.failed = counts["failed"]

@@ -168,3 +168,11 @@ def test_deterministic():
 )
 def test_always_safe(name):
     assert_safe(safe_file_stem(name))
+
+
+def test_bidirectional_controls_cannot_disguise_a_name():
+    from batchgen.naming import safe_file_stem
+
+    stem = safe_file_stem("a\u202egnp.exe")
+    assert "\u202e" not in stem and stem.startswith("a_")
+    assert safe_file_stem("family \U0001F468\u200D\U0001F469") == "family \U0001F468\u200D\U0001F469"
