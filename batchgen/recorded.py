@@ -26,7 +26,8 @@ from .profiles import PROFILES, precision as precision_of
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 # The profile that renders a precision when the rows do not agree on one (or name none): auto only
 # picks bf16 profiles (or nf4 when nothing fits, which the runner reports).
-_PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "fp8": "fp8", "int8": "int8", "nf4": "nf4"}
+_PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "bf16-compiled": "fast", "bf16-offload": "offload", "fp8": "fp8",
+                "int8": "int8", "nf4": "nf4"}
 
 
 def load_records(state: _State, *, profile_override: str | None = None) -> None:
@@ -57,6 +58,13 @@ def load_records(state: _State, *, profile_override: str | None = None) -> None:
         return
     state.model, state.revision = model, revision
     _pin_hub_commit(state, runs, model, revision)
+    if precision.endswith("+deterministic"):
+        # Deterministic kernels give other frames, so they are in the job id: only --deterministic matches.
+        state.warnings.append(
+            f"{state.display}: the records were rendered with --deterministic; add --deterministic to render "
+            "the same jobs (without it they get new ids and other frames)"
+        )
+        precision = precision.removesuffix("+deterministic")
     state.quality = precision.endswith("+quality")
     base = precision.removesuffix("+quality")
     profiles = {r["profile"] for r in runs if r["profile"]}
