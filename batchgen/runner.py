@@ -180,6 +180,9 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine."
         )
+    if choice.name == "fast":
+        # Inductor's cache beside the batch: a resumed run (and every worker) reuses the compiled kernels instead of rebuilding.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "cache" / "inductor"))
     if ray_address:
         from .ray_runner import run_on_ray
 
