@@ -116,7 +116,13 @@ class _SignalGuard:
 def plan(
     manifest: Manifest, device: str | None = None, deterministic: bool = False
 ) -> tuple[profiles.ProfileChoice, list[Job]]:
-    choice = profiles.resolve(manifest.profile, device)
+    # auto sizes its choice to this batch's biggest video, not to the longest Mochi can make.
+    largest = max(
+        ((e.fields["num_frames"], e.fields["height"], e.fields["width"]) for e in manifest.entries),
+        key=lambda shape: profiles.latent_tokens(*shape),
+        default=None,
+    )
+    choice = profiles.resolve(manifest.profile, device, largest=largest)
     jobs = manifest.expand(profiles.precision(choice.name, manifest.quality, deterministic))
     return choice, jobs
 

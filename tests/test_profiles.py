@@ -176,3 +176,25 @@ def test_group_offload_renders_the_same_pixels_as_resident():
         r = Renderer("tiny", profile=name, device="cuda", progress=False)
         frames[name] = r.render(_job()).frames_sha256
     assert frames["resident"] == frames["group-offload"]
+
+
+def test_auto_is_sized_to_the_batchs_largest_job(tmp_path, monkeypatch):
+    from batchgen import runner
+    from batchgen.manifest import load_manifest
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "model: tiny\njobs:\n"
+        "  - {prompt: small, num_frames: 7, height: 32, width: 48}\n"
+        "  - {prompt: big, num_frames: 25, height: 64, width: 96}\n"
+        "  - {prompt: wide, num_frames: 13, height: 64, width: 112}\n"
+    )
+    seen = {}
+
+    def fake_resolve(profile, device=None, *, largest=None):
+        seen["largest"] = largest
+        return profiles.ProfileChoice("cpu", "cpu", "test")
+
+    monkeypatch.setattr(profiles, "resolve", fake_resolve)
+    runner.plan(load_manifest(manifest))
+    assert seen["largest"] == (25, 64, 96)
