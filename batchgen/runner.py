@@ -115,7 +115,8 @@ class _SignalGuard:
 
 def plan(
     manifest: Manifest, device: str | None = None, deterministic: bool = False
-) -> tuple[profiles.ProfileChoice, list[Job]]:
+) -> tuple[profiles.ProfileChoice, str, list[Job]]:
+    """Resolve the profile for this machine and expand the manifest at its precision."""
     # auto sizes its choice to this batch's biggest video, not to the longest Mochi can make.
     largest = max(
         ((e.fields["num_frames"], e.fields["height"], e.fields["width"]) for e in manifest.entries),
@@ -123,8 +124,8 @@ def plan(
         default=None,
     )
     choice = profiles.resolve(manifest.profile, device, largest=largest)
-    jobs = manifest.expand(profiles.precision(choice.name, manifest.quality, deterministic))
-    return choice, jobs
+    precision = profiles.precision(choice.name, manifest.quality, deterministic)
+    return choice, precision, manifest.expand(precision)
 
 
 def render_manifest(
@@ -142,8 +143,7 @@ def render_manifest(
 ) -> RunSummary:
     """Render every pending job of `manifest` into `out`, resuming whatever an earlier run left."""
     out = Path(out or manifest.out or "out")
-    choice, jobs = plan(manifest, device, deterministic)
-    precision = profiles.precision(choice.name, manifest.quality, deterministic)
+    choice, precision, jobs = plan(manifest, device, deterministic)
     summary = RunSummary(out, profile=choice.name, profile_reason=choice.reason)
     with unwritable.guard(out):
         out.mkdir(parents=True, exist_ok=True)

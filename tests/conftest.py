@@ -31,3 +31,21 @@ def small_yaml(tmp_path: Path, prompts: list[str], seeds: list[int] = (0,), extr
 @pytest.fixture
 def small_manifest(tmp_path):
     return small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1, 2])
+
+
+def run_cli(*args):
+    """Drive the CLI in-process, as a user would from a shell; exceptions propagate to the test."""
+    from click.testing import CliRunner
+
+    from batchgen.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def render_small_batch(base: Path, prompts: list[str], seeds: list[int]) -> tuple[Path, Path]:
+    """Render a small tiny-model batch into base/out; returns (manifest, out)."""
+    manifest = small_yaml(base, prompts, seeds=seeds)
+    out = base / "out"
+    result = run_cli("render", manifest, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return manifest, out

@@ -8,12 +8,10 @@ from batchgen.cli import cli
 from batchgen.files import sha256_file
 from batchgen.index import read as read_index
 from batchgen.video import read_mp4
+from conftest import run_cli as run
 from conftest import small_yaml
 
 
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result
 
 
 def test_render_writes_videos_and_a_matching_index(small_manifest, tmp_path):

@@ -8,15 +8,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import batchgen.index as index_module
 import batchgen.video as video_module
-from batchgen.cli import cli
 from batchgen.files import sha256_file
 from batchgen.index import read as read_index
 from batchgen.lock import FolderLock
-from conftest import small_yaml
+from conftest import render_small_batch, small_yaml
+from conftest import run_cli as run
 
 import crash_harness
 
@@ -30,8 +29,6 @@ RANDOM_SEED = 20240607
 RANDOM_TRIALS = 10
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def db_rows(out: Path) -> list[dict]:
@@ -285,12 +282,7 @@ def test_a_video_ffmpeg_could_not_finish_is_never_published(tmp_path, monkeypatc
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """A finished 4-job batch, rendered once and copied by each test that changes it."""
-    base = tmp_path_factory.mktemp("rendered")
-    manifest = small_yaml(base, PROMPTS, seeds=SEEDS)
-    out = base / "out"
-    result = run("render", manifest, "--out", out, "--no-progress")
-    assert result.exit_code == 0, result.output
-    return manifest, out
+    return render_small_batch(tmp_path_factory.mktemp("rendered"), PROMPTS, SEEDS)
 
 
 @pytest.fixture

@@ -13,24 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from batchgen import environment, fingerprint
-from batchgen.cli import cli
 from batchgen.errors import ManifestError
 from batchgen.index import read as read_index
 from batchgen.manifest import load_manifest
 from batchgen.migrations import MIGRATIONS
 from batchgen.reproduce import reproduce
 from batchgen.store import Store
-from conftest import small_yaml
+from conftest import render_small_batch, small_yaml
+from conftest import run_cli as run
 
 PROMPTS = ["a red fox in snow", "waves on a rocky shore"]
 SEEDS = [1, 2]
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def frames_by_name(out: Path) -> dict:
@@ -64,12 +61,7 @@ def edit_row(out: Path, job_id: str, **changes) -> None:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """One small batch (2 prompts x 2 seeds), rendered once; tests that edit it work on a copy."""
-    base = tmp_path_factory.mktemp("rendered")
-    manifest = small_yaml(base, PROMPTS, seeds=SEEDS)
-    out = base / "out"
-    result = run("render", manifest, "--out", out, "--no-progress")
-    assert result.exit_code == 0, result.output
-    return manifest, out
+    return render_small_batch(tmp_path_factory.mktemp("rendered"), PROMPTS, SEEDS)
 
 
 def copy_of(out: Path, tmp_path: Path) -> Path:
