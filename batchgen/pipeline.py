@@ -140,7 +140,9 @@ def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict 
         dtype = (load_kwargs or {}).get("dtype")
         if dtype is not None:
             for name in ("text_encoder", "transformer", "vae"):
-                getattr(pipe, name).to(dtype=dtype)
+                module = getattr(pipe, name)
+                if module.dtype != dtype:  # built in fp32: only a GPU profile's bf16 needs a cast
+                    module.to(dtype=dtype)
         return LoadedPipeline(pipe, model, revision, MAX_SEQUENCE_LENGTH)
     pipe = _from_pretrained(model, revision, load_kwargs or {})
     for name in ("text_encoder", "transformer", "vae"):

@@ -112,13 +112,14 @@ class Renderer:
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> LoadedPipeline:
         if self.loaded is None:
+            # Before loading: casting the tiny model's modules to bf16 is one of the notices it silences.
+            _quiet_diffusers()
             self.loaded = load_pipeline(
                 self.model, revision=self.revision, load_kwargs=profiles.load_kwargs(self.profile, self.device)
             )
             self.loaded.pipe.set_progress_bar_config(
                 disable=not self.progress, leave=False, position=1, desc="steps", dynamic_ncols=True
             )
-            _quiet_diffusers()
         return self.loaded
 
     @property
