@@ -44,10 +44,11 @@ def cli() -> None:
 @click.option("--ray-actors", type=click.IntRange(1, 1024), help="Number of Ray actors (default: one per GPU of the cluster).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms (and the CUDA settings they need); slower on a GPU.")
+@click.option("--approximate", help="Opt-in approximate accelerator (overrides the manifest): first-block-cache[:THRESHOLD], pab, or none. Other frames, own job ids.")
 @friendly
 def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None,
            gpus: str | None, workers: int | None, ray_address: str | None, ray_actors: int | None,
-           no_progress: bool, deterministic: bool = False) -> None:
+           no_progress: bool, deterministic: bool = False, approximate: str | None = None) -> None:
     """Render every job of MANIFEST into OUT; run it again to resume.
 
     MANIFEST may also be a previous run's metadata.jsonl or batchgen.db: the same jobs and file names again."""
@@ -59,7 +60,7 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
     from .manifest import load_manifest
     from .runner import render_manifest
 
-    m = load_manifest(manifest, model=model, out=out, profile=profile)
+    m = load_manifest(manifest, model=model, out=out, profile=profile, approximate=approximate)
     for warning in m.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if m.out is None:

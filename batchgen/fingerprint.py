@@ -46,6 +46,7 @@ def _collect(renderer) -> dict:
     cuda = device.startswith("cuda")
     profile = renderer.profile
     quality = bool(getattr(renderer, "quality", False))
+    approx = getattr(renderer, "approximate", None)
     versions = dict(environment.library_versions())
     versions["numpy"] = _version("numpy")
     versions["python"] = platform.python_version()
@@ -56,8 +57,13 @@ def _collect(renderer) -> dict:
         "revision": renderer.revision,
         "resolved_revision": loaded.revision,
         "profile": profile,
-        "precision": profiles.precision(profile, quality) if profile in profiles.PROFILES and profile != "auto" else None,
+        "precision": profiles.precision(profile, quality, approximate=approx)
+        if profile in profiles.PROFILES and profile != "auto" else None,
         "quality": quality,
+        # An opt-in approximate accelerator (batchgen.approximate); None: exact.
+        "approximate": approx,
+        # AdaLN outputs precomputed per job (batchgen.modulation): exact, recorded to show where they ran.
+        "precomputed_modulation": getattr(pipe.transformer, "_batchgen_modulation", None) is not None,
         "dtypes": _dtypes(pipe, profile),
         "vae_tiling": bool(getattr(renderer, "vae_tiling", True)),
         # The CPU profile keeps diffusers' one-shot decode; GPU profiles decode in time chunks.

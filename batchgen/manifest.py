@@ -51,6 +51,7 @@ TOP_LEVEL_KEYS = (
     "revision",
     "profile",
     "quality",
+    "approximate",
     "out",
     "output_name",
     "defaults",
@@ -104,6 +105,8 @@ class Manifest:
     warnings: list[str]
     # Where output_name was set ("jobs.yaml:3"), or the file alone; for collision messages.
     output_name_source: str = ""
+    # An opt-in approximate accelerator's canonical spec (batchgen.approximate), None for exact renders.
+    approximate: str | None = None
     # Filled by expand(): (source of the dropped duplicate, source of the entry kept).
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
@@ -190,11 +193,12 @@ def load_manifest(
     model: str | None = None,
     out: str | Path | None = None,
     profile: str | None = None,
+    approximate: str | None = None,
 ) -> Manifest:
     """Parse and validate a manifest (.yaml/.yml, .csv or .txt), or a previous run's records
     (OUT/metadata.jsonl or OUT/batchgen.db: the same jobs, seeds and file names, see batchgen.recorded).
 
-    `model`, `out` and `profile` are command-line overrides: when given they replace the
+    `model`, `out`, `profile` and `approximate` are command-line overrides: when given they replace the
     manifest's values (`out` is then taken as given, relative to the working directory, whereas a
     manifest's `out:` is relative to the manifest's folder).
 
@@ -208,6 +212,14 @@ def load_manifest(
         problems.append(f"--model: the model must be a hub id, a local folder or 'tiny', got {model!r}")
     if profile is not None and profile not in PROFILES:
         problems.append(f"--profile: unknown profile {profile!r}{_suggest(profile, PROFILES)}")
+    approximate_spec = None
+    if approximate is not None:
+        from . import approximate as approx
+
+        try:
+            approximate_spec = approx.parse(approximate) or ""
+        except ValueError as exc:
+            problems.append(f"--approximate: {exc}")
 
     suffix = path.suffix.lower()
     if suffix in RECORD_EXTENSIONS:
@@ -215,7 +227,7 @@ def load_manifest(
 
         state = _State(display=display, path=path, problems=problems)
         load_records(state, profile_override=profile)
-        return _finish(state, path, suffix, model=model, out=out, profile=profile)
+        return _finish(state, path, suffix, model=model, out=out, profile=profile, approximate=approximate_spec)
     text = _read_text(path, display, problems, what="manifest")
     if text is None:
         raise ManifestError(problems)
@@ -229,15 +241,15 @@ def load_manifest(
 
     state = _State(display=display, path=path, problems=problems)
     if suffix in (".yaml", ".yml"):
-        _load_yaml(text, state, overrides={"model": model, "out": out, "profile": profile})
+        _load_yaml(text, state, overrides={"model": model, "out": out, "profile": profile, "approximate": approximate_spec})
     elif suffix == ".csv":
         _load_csv(text, state)
     else:
         _load_txt(text, display, state, defaults={}, seeds=None)
-    return _finish(state, path, suffix, model=model, out=out, profile=profile)
+    return _finish(state, path, suffix, model=model, out=out, profile=profile, approximate=approximate_spec)
 
 
-def _finish(state: "_State", path: Path, suffix: str, *, model, out, profile) -> Manifest:
+def _finish(state: "_State", path: Path, suffix: str, *, model, out, profile, approximate=None) -> Manifest:
     """Report what was found (or that nothing was), apply the command-line overrides, build the Manifest."""
     display, problems = state.display, state.problems
     if not state.entries and not state.entry_problems and not problems:
@@ -252,6 +264,8 @@ def _finish(state: "_State", path: Path, suffix: str, *, model, out, profile) ->
         state.model = model
     if profile is not None:
         state.profile = profile
+    if approximate is not None:  # "" from --approximate none: exact, whatever the manifest says
+        state.approximate = approximate or None
     if out is not None:
         state.out = Path(out).expanduser()
     return Manifest(
@@ -265,6 +279,7 @@ def _finish(state: "_State", path: Path, suffix: str, *, model, out, profile) ->
         entries=state.entries,
         warnings=state.warnings,
         output_name_source=state.output_name_source or display,
+        approximate=state.approximate,
     )
 
 
@@ -277,6 +292,7 @@ class _State:
     revision: str | None = None
     profile: str = DEFAULT_PROFILE
     quality: bool = False
+    approximate: str | None = None
     out: Path | None = None
     output_name: str = DEFAULT_OUTPUT_NAME
     output_name_source: str = ""
@@ -513,6 +529,13 @@ def _load_yaml(text: str, state: _State, *, overrides: dict) -> None:
             state.quality = value
         elif value is not None:
             state.problem(f"{loc('quality')}: field 'quality': must be true or false, got {_show(value)}")
+    if "approximate" in data and overrides.get("approximate") is None:
+        from . import approximate
+
+        try:
+            state.approximate = approximate.parse(data["approximate"])
+        except ValueError as exc:
+            state.problem(f"{loc('approximate')}: field 'approximate': {exc}")
     if "out" in data and overrides.get("out") is None:
         value = data["out"]
         if isinstance(value, str) and value.strip():

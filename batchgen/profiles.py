@@ -6,11 +6,15 @@ whole batch and stay put, so a video costs nothing beyond its denoising steps an
 
 | profile        | denoiser weights on the GPU                      | text encoder while encoding |
 |----------------|--------------------------------------------------|-----------------------------|
-| resident       | all, bf16                                        | all                         |
+| resident       | all but the AdaLN layers (a), bf16               | all                         |
+| fast           | all, bf16, blocks compiled                       | all                         |
 | offload        | all while denoising, none while decoding         | all (diffusers' offload)    |
 | group-offload  | a few GiB of blocks; the rest streamed per step  | streamed block by block     |
-| fp8            | all, stored fp8, computed bf16                   | all                         |
+| fp8            | all but the AdaLN layers (a), stored fp8         | all                         |
 | int8 / nf4     | all, bitsandbytes-quantized linears              | all / streamed              |
+
+(a) their outputs depend only on the timestep and the prompt, so they are precomputed per job from a
+pinned CPU copy (modulation.py): 2.7B parameters that never take GPU memory, with the same pixels.
 """
 
 from __future__ import annotations
@@ -75,11 +79,13 @@ DECODE_LATENT_FRAMES = int(os.environ.get("BATCHGEN_DECODE_LATENT_FRAMES", "1"))
 # Memory model used by `auto`, in GiB, for Mochi 1 at bf16 compute with CFG (batch 2). Fitted from the H100
 # runs in benchmarks/results/ (see benchmarks/RESULTS.md), rounded up.
 _DENOISER_WEIGHTS_GIB = {
-    "resident": 18.7,  # 10.03B parameters in bf16
-    "fast": 18.7,
+    # 10.03B parameters in bf16, less the 2.70B AdaLN ones that precomputed modulation keeps on the CPU
+    # (batchgen/modulation.py), plus a job's table of their outputs.
+    "resident": 13.9,
+    "fast": 18.7,  # compiled blocks keep the AdaLN layers
     "offload": 18.7,
     "group-offload": GROUP_OFFLOAD_RESIDENT_GIB + 1.5,  # resident blocks, embeddings, blocks in flight
-    "fp8": 12.0,  # diffusers keeps the AdaLN "norm*.linear" layers in bf16
+    "fp8": 7.5,  # fp8 storage for what is left on the GPU, small modules in bf16
     "int8": 10.0,
     "nf4": 5.0,
 }
@@ -172,12 +178,15 @@ def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | No
     )
 
 
-def precision(profile: str, quality: bool = False, deterministic: bool = False) -> str:
+def precision(profile: str, quality: bool = False, deterministic: bool = False, approximate: str | None = None) -> str:
     """The numeric recipe a profile renders with; part of every job id. Deterministic algorithms are part
-    of it: on the H100 they gave other frames than the default kernels (benchmarks/results/gpu_repro_h100.log)."""
+    of it: on the H100 they gave other frames than the default kernels (benchmarks/results/gpu_repro_h100.log).
+    So is an approximate accelerator (batchgen.approximate), as "+fbc0.05" or "+pab"."""
     base = _PRECISION[profile]
     if quality:
         base += "+quality"
+    if approximate:
+        base += "+" + approximate
     return base + "+deterministic" if deterministic else base
 
 
@@ -258,6 +267,8 @@ def prepare_text_encoder(pipe, profile: str, device: str, quality: bool) -> None
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=True,
+            non_blocking=True,
+            record_stream=True,
         )
         return
     te.to(device=device, dtype=dtype)
@@ -298,6 +309,10 @@ def _group_offload(transformer, device: str, resident_gib: float) -> int:
     # Hooks are only built for what the module tree holds while they are applied: hand diffusers a list of
     # the streamed blocks alone, then put the full list back. The resident ones run unhooked in between.
     transformer.transformer_blocks = torch.nn.ModuleList([b for i, b in enumerate(blocks) if i not in keep])
+    # The timestep/caption embedder stays resident too (0.1 GiB): precomputed modulation calls it outside
+    # the transformer's forward, where diffusers' hooks would not have brought it in.
+    time_embed = transformer.time_embed
+    transformer.time_embed = None
     try:
         apply_group_offloading(
             transformer,
@@ -306,9 +321,15 @@ def _group_offload(transformer, device: str, resident_gib: float) -> int:
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=True,
+            # Without these diffusers blocks the host on every copy and after every block, so the copies
+            # serialize with the compute instead of hiding behind it.
+            non_blocking=True,
+            record_stream=True,
         )
     finally:
         transformer.transformer_blocks = blocks
+        transformer.time_embed = time_embed
+    time_embed.to(device)
     for i in keep:
         blocks[i].to(device)
     return len(keep)
@@ -320,7 +341,11 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
 
     if vae_tiling:
         pipe.vae.enable_tiling()
+    from . import modulation
+
     if profile == "cpu":
+        if modulation.enabled(profile):
+            modulation.detach(pipe.transformer)
         pipe.to("cpu")
         return
     # batchgen's attention: bit-identical to diffusers' (measured on the H100), no data-dependent shapes,
@@ -333,6 +358,9 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     vae_dtype = torch.float32 if quality else torch.bfloat16
     pipe.vae.to(dtype=vae_dtype)
     transformer = pipe.transformer
+    if modulation.enabled(profile) and not _is_quantized(transformer):
+        # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py).
+        modulation.detach(transformer)
     if profile == "offload":
         # The text encoder is done: keep it out of the offload chain so it never comes back to the GPU.
         pipe.enable_model_cpu_offload(device=device)
@@ -365,6 +393,9 @@ def teardown_denoiser(pipe, profile: str) -> None:
 
     import torch
 
+    from . import modulation
+
+    modulation.release(pipe.transformer)
     if getattr(pipe.transformer, "_batchgen_compiled", False):
         from .compile import uncompile_blocks
 

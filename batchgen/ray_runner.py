@@ -37,6 +37,7 @@ class _RenderActor:
             revision=config["revision"],
             profile=config["profile"],
             quality=config["quality"],
+            approximate=config.get("approximate"),
             device=config["device"],
             cache_dir=None,
             progress=False,
@@ -84,6 +85,7 @@ class RemoteRenderer:
         self.revision = config["revision"]
         self.profile = config["profile"]
         self.quality = config["quality"]
+        self.approximate = config.get("approximate")
         self.device = config["device"]
         self.device_label = description["device_name"]
         self.remote_fingerprint = description["fingerprint"]
@@ -119,7 +121,7 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     count = actors or gpus or 1
     device = "cuda" if gpus else "cpu"
     config = {"model": manifest.model, "revision": manifest.revision, "profile": choice.name if gpus else "cpu",
-              "quality": manifest.quality, "device": device}
+              "quality": manifest.quality, "approximate": manifest.approximate, "device": device}
     if not gpus and choice.name != "cpu":
         raise BatchgenError(
             f"The Ray cluster has no GPU, but this batch renders with profile '{choice.name}' ({precision}); "
@@ -150,7 +152,8 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
         own = Store(out)
         try:
             work_loop(out, own, renderer, model=manifest.model, precision=precision, summary=summary, log=log,
-                      bar=_Bar(), worker=f"ray-actor-{n}", stop=stop)
+                      bar=_Bar(), worker=f"ray-actor-{n}", stop=stop,
+                      write_behind=False)  # one driver thread per actor already overlaps writing with rendering
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
         finally:

@@ -19,6 +19,7 @@ import re
 import sqlite3
 from pathlib import Path, PurePosixPath
 
+from . import approximate
 from .job import JOB_FIELDS
 from .manifest import Entry, _Bad, _normalise, _read_text, _State
 from .profiles import PROFILES, precision as precision_of
@@ -65,18 +66,22 @@ def load_records(state: _State, *, profile_override: str | None = None) -> None:
             "the same jobs (without it they get new ids and other frames)"
         )
         precision = precision.removesuffix("+deterministic")
-    state.quality = precision.endswith("+quality")
-    base = precision.removesuffix("+quality")
+    # An approximate accelerator is part of the recipe: the same one renders the same jobs again.
+    state.approximate = approximate.from_precision(precision)
+    exact = approximate.strip(precision)
+    state.quality = exact.endswith("+quality")
+    base = exact.removesuffix("+quality")
     profiles = {r["profile"] for r in runs if r["profile"]}
     if len(profiles) == 1 and next(iter(profiles)) in PROFILES:
         state.profile = next(iter(profiles))
     elif base in _PROFILE_FOR:
         state.profile = _PROFILE_FOR[base]
     if profile_override and profile_override in PROFILES and profile_override not in ("auto",):
-        if precision_of(profile_override, state.quality) != precision:
+        theirs = precision_of(profile_override, state.quality, approximate=state.approximate)
+        if theirs != precision:
             state.warnings.append(
                 f"{state.display}: --profile {profile_override} renders at precision "
-                f"{precision_of(profile_override, state.quality)}, the records at {precision}: the frames (and job ids) "
+                f"{theirs}, the records at {precision}: the frames (and job ids) "
                 "will differ from the recorded ones"
             )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import profiles
+from . import approximate, modulation, profiles
 from .job import Job
 from .pipeline import LoadedPipeline, load_pipeline
 
@@ -78,12 +78,15 @@ class Renderer:
         progress: bool = True,
         largest: tuple[int, int, int] | None = None,
         pipeline=None,
+        approximate: str | None = None,
     ):
         """`largest` is (num_frames, height, width) of the batch's biggest job, for `auto`.
         `pipeline` is an already built MochiPipeline (benchmarks' real-size random model) used instead of loading `model`."""
         self.model = model
         self.revision = revision
         self.quality = quality
+        # An opt-in approximate accelerator's spec (batchgen.approximate), None for exact renders.
+        self.approximate = approximate
         self.choice = profiles.resolve(profile, device, largest=largest)
         self.profile = self.choice.name
         self.device = self.choice.device
@@ -107,7 +110,7 @@ class Renderer:
 
     @property
     def precision(self) -> str:
-        return profiles.precision(self.profile, self.quality)
+        return profiles.precision(self.profile, self.quality, approximate=self.approximate)
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self) -> LoadedPipeline:
@@ -186,6 +189,10 @@ class Renderer:
         pipe = self.pipe
         profiles.release_text_encoder(pipe)
         profiles.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
+        refused = approximate.check_profile(self.approximate, self.profile)
+        if refused:
+            raise ValueError(refused)
+        approximate.apply(pipe, self.approximate)
         self._denoiser_ready = True
         if self.device.startswith("cuda"):
             import torch
@@ -202,7 +209,7 @@ class Renderer:
         import torch
 
         new = profiles.fallback(self.profile)
-        if new is None:
+        if new is None or approximate.check_profile(self.approximate, new):
             return None
         old = self.profile
         if self.loaded is not None:
@@ -245,22 +252,30 @@ class Renderer:
         cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        # A CPU generator per job: the same noise on any machine, whatever ran before it.
-        generator = torch.Generator("cpu").manual_seed(job.seed)
+        call = dict(
+            num_frames=job.num_frames,
+            height=job.height,
+            width=job.width,
+            num_inference_steps=job.num_inference_steps,
+            guidance_scale=job.guidance_scale,
+            output_type="latent",
+            max_sequence_length=self.load().max_sequence_length,
+            **kwargs,
+        )
+        table = getattr(pipe.transformer, "_batchgen_modulation", None)
         start = time.perf_counter()
         with torch.inference_mode():
-            output = pipe(
-                num_frames=job.num_frames,
-                height=job.height,
-                width=job.width,
-                num_inference_steps=job.num_inference_steps,
-                guidance_scale=job.guidance_scale,
-                generator=generator,
-                output_type="latent",
-                max_sequence_length=self.load().max_sequence_length,
-                callback_on_step_end=callback,
-                **kwargs,
-            )
+            if table is not None:
+                # Everything that shapes the transformer's inputs except the seed: same-prompt jobs share it.
+                key = (job.prompt, job.negative_prompt, job.guidance_scale, job.num_inference_steps,
+                       job.num_frames, job.height, job.width)
+                modulation.prepare(pipe, call, key)
+            # A CPU generator per job: the same noise on any machine, whatever ran before it.
+            generator = torch.Generator("cpu").manual_seed(job.seed)
+            denoise_start = time.perf_counter()
+            output = pipe(generator=generator, callback_on_step_end=callback, **call)
+            if table is not None:
+                table.check_used()
             if cuda:
                 torch.cuda.synchronize(device)
             denoised = time.perf_counter()
@@ -279,10 +294,10 @@ class Renderer:
         return Rendered(
             frames,
             end - start,
-            (denoised - start) / job.num_inference_steps,
+            (denoised - denoise_start) / job.num_inference_steps,
             peak_alloc,
             peak_res,
-            denoise_seconds=denoised - start,
+            denoise_seconds=denoised - denoise_start,
             decode_seconds=end - denoised,
             decode_peak_vram_allocated=decode_peak,
         )

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import determinism, fingerprint, profiles
+from . import approximate, determinism, fingerprint, profiles
 from .errors import BatchgenError
 from .job import Job
 from .store import DB_NAME, row_to_job
@@ -186,22 +186,23 @@ def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: 
     recorded, full = recorded_fingerprint(row)
     quality = "+quality" in job.precision
     det = "+deterministic" in job.precision
+    approx = approximate.from_precision(job.precision)
     if profile is not None and (profile not in profiles.PROFILES or profile == "auto"):
         raise ReproduceError(f"--profile: {profile!r} is not a profile to reproduce with; choose one of "
                              f"{', '.join(p for p in profiles.PROFILES if p != 'auto')} of precision {job.precision}")
     chosen = profile or row.get("profile") or recorded.get("profile")
     if chosen not in profiles.PROFILES or chosen == "auto":
         raise ReproduceError(f"Job {jid} has no recorded profile; give --profile (one that renders at precision {job.precision})")
-    if profiles.precision(chosen, quality, det) != job.precision:
+    if profiles.precision(chosen, quality, det, approx) != job.precision:
         raise ReproduceError(
-            f"--profile {chosen} renders at precision {profiles.precision(chosen, quality, det)}, but job {jid} was "
+            f"--profile {chosen} renders at precision {profiles.precision(chosen, quality, det, approx)}, but job {jid} was "
             f"rendered at {job.precision}: only a profile of the same precision can reproduce it"
         )
     here = profiles.resolve(chosen, device)
-    if profiles.precision(here.name, quality, det) != job.precision:
+    if profiles.precision(here.name, quality, det, approx) != job.precision:
         raise ReproduceError(
             f"Job {jid} was rendered at precision {job.precision} with profile '{chosen}'; here that resolves to "
-            f"profile '{here.name}' ({here.reason}), precision {profiles.precision(here.name, quality, det)}, which cannot "
+            f"profile '{here.name}' ({here.reason}), precision {profiles.precision(here.name, quality, det, approx)}, which cannot "
             "give the same frames. Reproduce it on a machine like the one it was rendered on (see its fingerprint)."
         )
     resolved = recorded.get("resolved_revision") or ""
@@ -304,7 +305,8 @@ def reproduce(
                 model,
                 revision=revision,
                 profile=prof,
-                quality=precision.endswith("+quality"),
+                quality="+quality" in precision,
+                approximate=approximate.from_precision(precision),
                 device=device,
                 cache_dir=None,  # encode the texts again: the check covers the whole pipeline
                 vae_tiling=vae_tiling,

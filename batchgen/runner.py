@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import faults, gallery, index, profiles
+from . import approximate, faults, gallery, index, profiles
+from .errors import BatchgenError
 from . import determinism, fingerprint
 from .environment import device_name, library_versions
 from .files import remove_partials, sha256_file
@@ -124,7 +125,11 @@ def plan(
         default=None,
     )
     choice = profiles.resolve(manifest.profile, device, largest=largest)
-    precision = profiles.precision(choice.name, manifest.quality, deterministic)
+    refused = approximate.check_profile(manifest.approximate, choice.name)
+    if refused:
+        raise BatchgenError(f"{manifest.path}: field 'approximate': {refused}. Pick one of those with --profile "
+                            "or profile: in the manifest.")
+    precision = profiles.precision(choice.name, manifest.quality, deterministic, manifest.approximate)
     return choice, precision, manifest.expand(precision)
 
 
@@ -207,6 +212,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
         device=choice.device,
         cache_dir=out / "cache" / "embeddings",
         progress=progress,
+        approximate=manifest.approximate,
     )
     run_id = store.start_run(
         manifest=str(manifest.path), model=manifest.model, profile=choice.name, profile_reason=choice.reason
@@ -252,6 +258,11 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
     return summary
 
 
+def write_behind_enabled() -> bool:
+    """Encode each MP4 on a thread while the next job renders (BATCHGEN_WRITE_BEHIND=0 turns it off)."""
+    return os.environ.get("BATCHGEN_WRITE_BEHIND", "1") != "0"
+
+
 def work_loop(
     out: Path,
     store: Store,
@@ -264,90 +275,216 @@ def work_loop(
     bar=None,
     worker: str = "",
     lease_seconds: float | None = None,
-    on_claim: Callable[[str | None], None] | None = None,
+    on_claim: Callable[[tuple[str, ...]], None] | None = None,
     stop=None,
+    write_behind: bool | None = None,
 ) -> None:
-    """Claim and render jobs until none is left (or `stop` is set); an interrupted job goes back to pending."""
-    while stop is None or not stop.is_set():
-        job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds)
-        if job is None:
-            # Another worker may yet die holding a job: stay until its lease lapses or it finishes.
-            if lease_seconds and store.running_count(model=model, precision=precision):
-                time.sleep(min(1.0, lease_seconds / 4))
-                continue
-            break
+    """Claim and render jobs until none is left (or `stop` is set); an interrupted job goes back to pending.
+
+    With write-behind, job k's MP4 is encoded on a thread while job k+1 denoises, and recorded as done
+    from the main thread as soon as the file is whole (checked between denoising steps), so the GPU
+    does not wait for x264. `on_claim` gets the ids of the jobs in hand (rendering, writing).
+    """
+    writer = _WriteBehind(out, store, renderer, summary, log, bar,
+                          write_behind_enabled() if write_behind is None else write_behind)
+
+    def in_hand(*ids):
         if on_claim is not None:
-            on_claim(job.job_id)
+            on_claim(tuple(i for i in ids + writer.writing() if i))
+
+    try:
+        while stop is None or not stop.is_set():
+            job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds)
+            if job is None:
+                writer.drain()  # its job is still running: a lease-waiting loop must not see it as another's
+                # Another worker may yet die holding a job: stay until its lease lapses or it finishes.
+                if lease_seconds and store.running_count(model=model, precision=precision):
+                    time.sleep(min(1.0, lease_seconds / 4))
+                    continue
+                break
+            in_hand(job.job_id)
+            try:
+                _render_one(out, store, renderer, job, summary, log, writer)
+            except (KeyboardInterrupt, Interrupted):
+                writer.interrupted = True
+                store.release(job.job_id)
+                raise
+            except OutputUnwritable:
+                store.release(job.job_id)  # no-op if it was this job's own write that found the disk full
+                raise
+            finally:
+                in_hand()
+    finally:
+        # Whatever stops the loop (Ctrl-C, a full disk, the end), a video already rendered is finished and
+        # recorded rather than lost; if even that is interrupted its job goes back to pending.
+        writer.close()
+
+
+class _WriteBehind:
+    """At most one video being encoded on a background thread; its bookkeeping stays on the caller's thread
+    (SQLite connections are not shared between threads)."""
+
+    def __init__(self, out: Path, store: Store, renderer, summary: RunSummary, log, bar, enabled: bool):
+        self.out, self.store, self.renderer, self.summary, self.log, self.bar = out, store, renderer, summary, log, bar
+        self.executor = None
+        if enabled:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="batchgen-mp4")
+        self.pending = None  # (job, final, rel, rendered, future)
+        self.deferred: BaseException | None = None
+        # Set on Ctrl-C/SIGTERM: ffmpeg shares the terminal's process group and may have been stopped too,
+        # which is no fault of the job's, so a failed write then sends it back to pending, not to failed.
+        self.interrupted = False
+
+    def writing(self) -> tuple[str, ...]:
+        return (self.pending[0].job_id,) if self.pending else ()
+
+    def submit(self, job: Job, final: Path, rel: str, rendered) -> None:
+        """Write the video of a rendered job whose output path is recorded; record it when whole."""
+        self.drain()
+        if self.executor is None:
+            from concurrent.futures import Future
+
+            done: Future = Future()
+            try:
+                write_mp4(rendered.frames, final, job.fps)
+                done.set_result(None)
+            except Exception as exc:
+                done.set_exception(exc)
+            self._finish((job, final, rel, rendered, done))
+            return
+        self.pending = (job, final, rel, rendered, self.executor.submit(write_mp4, rendered.frames, final, job.fps))
+
+    def poll(self, *_step) -> None:
+        """Between denoising steps of the next job: record the previous video if it is written. Its errors
+        wait for drain(), so that they are never taken for the rendering job's own."""
+        if self.pending is None or not self.pending[4].done():
+            return
+        pending, self.pending = self.pending, None
         try:
-            _render_one(out, store, renderer, job, summary, log)
+            self._finish(pending)
         except (KeyboardInterrupt, Interrupted):
-            store.release(job.job_id)
+            self.store.release(pending[0].job_id)
             raise
+        except BaseException as exc:
+            self.deferred = exc
+
+    def drain(self) -> None:
+        """Wait for the video in flight and record it; raise what an earlier poll() could not."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            try:
+                self._finish(pending)
+            except (KeyboardInterrupt, Interrupted):
+                self.store.release(pending[0].job_id)
+                raise
+        if self.deferred is not None:
+            exc, self.deferred = self.deferred, None
+            raise exc
+
+    def close(self) -> None:
+        try:
+            self.drain()
         finally:
-            if on_claim is not None:
-                on_claim(None)
-        if bar is not None:
-            bar.update(1)
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+
+    def _finish(self, pending) -> None:
+        job, final, rel, rendered, future = pending
+        try:
+            future.result()
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as exc:
+            if self.interrupted:
+                self.store.release(job.job_id)
+                return
+            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log)
+        else:
+            self._record(job, final, rel, rendered)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _record(self, job: Job, final: Path, rel: str, rendered) -> None:
+        try:
+            faults.point("video_published")
+            sha = sha256_file(final)
+            row = metadata_row(self.out, job, final, rendered, self.renderer, sha)
+            self.store.mark_done(
+                job.job_id,
+                {
+                    "output_path": rel,
+                    "sha256": sha,
+                    "frames_sha256": rendered.frames_sha256,
+                    "render_seconds": rendered.seconds,
+                    "seconds_per_step": rendered.seconds_per_step,
+                    "peak_vram_allocated": rendered.peak_vram_allocated,
+                    "peak_vram_reserved": rendered.peak_vram_reserved,
+                    "profile": self.renderer.profile,
+                    "fingerprint": json.dumps(row["fingerprint"]),
+                    "metadata": json.dumps(row, ensure_ascii=False),
+                },
+            )
+            faults.point("marked_done")
+            index.append(self.out, row)
+            faults.point("indexed")
+            gallery.maybe_write_gallery(self.out, self.store)
+            self.summary.rendered += 1
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as exc:
+            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log)
 
 
-def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log) -> None:
+def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log, writer: _WriteBehind) -> None:
     final = video_path(out, job)
     rel = final.relative_to(out).as_posix()
     try:
         faults.point("claimed")
-        rendered = _render_stepping_down(renderer, job, store, log)
+        on_step = writer.poll if writer.executor is not None else None
+        rendered = _render_stepping_down(renderer, job, store, log, on_step)
+        # The previous job's video first: its record (or its failure) must not wait for this one's.
+        writer.drain()
         if final.exists() and store.get_row(job.job_id)["output_path"] != rel:
             # Not an orphan of this job's own crashed publish: the user's file, or another job's. Keep it.
             raise FileExistsError(f"{final} already exists and is not batchgen's; batchgen never overwrites a video")
         # Recorded before the rename, so a crash between rename and done marks the file as ours to redo.
         store.set_output_path(job.job_id, rel)
-        write_mp4(rendered.frames, final, job.fps)
-        faults.point("video_published")
-        sha = sha256_file(final)
-        row = metadata_row(out, job, final, rendered, renderer, sha)
-        store.mark_done(
-            job.job_id,
-            {
-                "output_path": rel,
-                "sha256": sha,
-                "frames_sha256": rendered.frames_sha256,
-                "render_seconds": rendered.seconds,
-                "seconds_per_step": rendered.seconds_per_step,
-                "peak_vram_allocated": rendered.peak_vram_allocated,
-                "peak_vram_reserved": rendered.peak_vram_reserved,
-                "profile": renderer.profile,
-                "fingerprint": json.dumps(row["fingerprint"]),
-                "metadata": json.dumps(row, ensure_ascii=False),
-            },
-        )
-        faults.point("marked_done")
-        index.append(out, row)
-        faults.point("indexed")
-        gallery.maybe_write_gallery(out, store)
-        summary.rendered += 1
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted, OutputUnwritable):
         raise
     except Exception as exc:
-        if unwritable.unwritable_errno(exc, out) is not None:
-            _stop_unwritable(store, job, final, rel, exc)
-        message = f"{type(exc).__name__}: {exc}"
-        store.mark_failed(job.job_id, message)
-        summary.failed += 1
-        summary.failures.append(f"{job.source or job.job_id}: {message}")
-        log(f"batchgen: job {job.job_id} ({job.source}) failed: {message}")
-        gallery.maybe_write_gallery(out, store)
-        if _is_oom(exc):
-            _free_cuda()
-        if os.environ.get("BATCHGEN_DEBUG"):
-            traceback.print_exc()
+        writer.drain()
+        _job_failed(out, store, job, final, rel, exc, summary, log)
+        if writer.bar is not None:
+            writer.bar.update(1)
+        return
+    writer.submit(job, final, rel, rendered)
 
 
-def _render_stepping_down(renderer, job: Job, store: Store, log):
+def _job_failed(out: Path, store: Store, job: Job, final: Path, rel: str, exc: BaseException, summary: RunSummary,
+                log) -> None:
+    """Record a job's failure; a full or read-only output stops the batch instead (OutputUnwritable)."""
+    if unwritable.unwritable_errno(exc, out) is not None:
+        _stop_unwritable(store, job, final, rel, exc)
+    message = f"{type(exc).__name__}: {exc}"
+    store.mark_failed(job.job_id, message)
+    summary.failed += 1
+    summary.failures.append(f"{job.source or job.job_id}: {message}")
+    log(f"batchgen: job {job.job_id} ({job.source}) failed: {message}")
+    gallery.maybe_write_gallery(out, store)
+    if _is_oom(exc):
+        _free_cuda()
+    if os.environ.get("BATCHGEN_DEBUG"):
+        traceback.print_exc()
+
+
+def _render_stepping_down(renderer, job: Job, store: Store, log, on_step=None):
     """Render; on a CUDA out-of-memory error free memory, move to the next lower-memory profile of the same
     precision (same job id, same pixels) and try again, for as long as there is a lower one."""
     while True:
         try:
-            return renderer.render(job)
+            return renderer.render(job, on_step=on_step) if on_step is not None else renderer.render(job)
         except Exception as exc:
             if not _is_oom(exc) or not hasattr(renderer, "step_down"):
                 raise

@@ -20,7 +20,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, out: Path, worker: str, lease_seconds: float):
         super().__init__(daemon=True)
         self.out, self.worker, self.lease = out, worker, lease_seconds
-        self.job_id: str | None = None
+        self.job_ids: tuple[str, ...] = ()  # rendering, and writing behind
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -29,8 +29,7 @@ class Heartbeat(threading.Thread):
         store = Store(self.out)
         try:
             while not self._halt.wait(self.lease / 3):
-                job_id = self.job_id
-                if job_id is not None:
+                for job_id in self.job_ids:
                     store.renew(job_id, self.worker, self.lease)
         finally:
             store.close()
@@ -58,6 +57,7 @@ def main(argv: list[str]) -> int:
         revision=config["revision"],
         profile=config["profile"],
         quality=config["quality"],
+        approximate=config.get("approximate"),
         device=config["device"],
         cache_dir=out / "cache" / "embeddings",
         progress=False,
@@ -65,8 +65,8 @@ def main(argv: list[str]) -> int:
     heartbeat = Heartbeat(out, worker, config["lease_seconds"])
     heartbeat.start()
 
-    def on_claim(job_id):
-        heartbeat.job_id = job_id
+    def on_claim(job_ids):
+        heartbeat.job_ids = job_ids
 
     def log(text: str) -> None:
         print(f"[{config['worker']}] {text}", file=sys.stderr, flush=True)

@@ -84,6 +84,7 @@ def run_workers(manifest, out: Path, store, choice, precision: str, pending: int
         "revision": manifest.revision,
         "profile": choice.name,
         "quality": manifest.quality,
+        "approximate": manifest.approximate,
         "precision": precision,
         "lease_seconds": lease,
     }

@@ -178,6 +178,8 @@ def run_profile(args, profile: str) -> dict:
                 "wall_s": round(wall, 3),
                 "denoise_s": round(r.denoise_seconds, 3),
                 "decode_s": round(r.decode_seconds, 3),
+                # Outside the denoising loop and the decode: latents, precomputed modulation, postprocess.
+                "other_s": round(wall - r.denoise_seconds - r.decode_seconds, 3),
                 "step_gaps": [round(g, 4) for g in clock.gaps()[1:]],
                 "first_step_s": round(clock.gaps()[0], 4),
                 "peak_allocated_gib": _gib(r.peak_vram_allocated),
@@ -196,6 +198,8 @@ def run_profile(args, profile: str) -> dict:
         "encode_peak_allocated_gib": _gib(encode_peak[0]),
         "encode_peak_reserved_gib": _gib(encode_peak[1]),
         "resident_blocks": getattr(pipe.transformer, "_batchgen_resident_blocks", None),
+        # AdaLN parameters kept off the GPU by precomputed modulation (batchgen/modulation.py); 0 when off.
+        "modulation_params_off_gpu": getattr(getattr(pipe.transformer, "_batchgen_modulation", None), "parameters_held", 0),
     }
     result = _summarize(profile, out, args.steps, encode_s + place_s, extra)
     del renderer, pipe
@@ -308,7 +312,7 @@ def main(argv=None) -> int:
         "environment": _environment(),
         "knobs": {
             k: os.environ.get(k)
-            for k in ("BATCHGEN_GROUP_OFFLOAD_RESIDENT_GIB", "BATCHGEN_DECODE_LATENT_FRAMES")
+            for k in ("BATCHGEN_GROUP_OFFLOAD_RESIDENT_GIB", "BATCHGEN_DECODE_LATENT_FRAMES", "BATCHGEN_PRECOMPUTE_MODULATION")
             if os.environ.get(k)
         },
         "results": [],

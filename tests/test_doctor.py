@@ -81,7 +81,8 @@ def test_profiles_that_fit_follow_free_memory():
     mid = doctor.check_profiles([gpu(mid_free)], bnb_ok=True)
     fastest = next(n for n, by in needs.items() if by[longest] <= mid_free)
     assert mid.status == "WARN" and f"Fastest that fits: {fastest}" in mid.detail
-    assert "too big" in mid.detail.split("resident ~")[1].split(";")[0]
+    # Not enough for resident at 163 frames (it may still fit the short size).
+    assert mid.detail.split("resident ~")[1].split(";")[0].split(" GiB ")[1] in ("too big", "fits 19 frames")
     no_bnb = doctor.check_profiles([gpu(resident + 1)], bnb_ok=False)
     assert "needs bitsandbytes" in no_bnb.detail.split("nf4 ~")[1]
     tiny = doctor.check_profiles([gpu(smallest - 0.5)], bnb_ok=True)

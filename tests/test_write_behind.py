@@ -1,0 +1,91 @@
+"""Write-behind: job k's MP4 is encoded while job k+1 renders, recorded as soon as it is whole, and its
+failure is never blamed on job k+1."""
+
+import sqlite3
+import time
+
+from batchgen import runner
+from batchgen.manifest import load_manifest
+from batchgen.render import Renderer
+from batchgen.runner import render_manifest
+from conftest import small_yaml
+
+
+class SlowSteps(Renderer):
+    """The tiny model, with denoising steps slow enough for an MP4 to be written behind them, noting at
+    each step which jobs the database already holds as done."""
+
+    seen: list[tuple[str, int, set]] = []
+
+    def render(self, job, on_step=None):
+        def step(i, n):
+            conn = sqlite3.connect(self.cache_dir.parent.parent / "batchgen.db")
+            done = {r[0] for r in conn.execute("select job_id from jobs where status='done'")}
+            conn.close()
+            SlowSteps.seen.append((job.job_id, i, done))
+            time.sleep(0.15)
+            if on_step is not None:
+                on_step(i, n)
+
+        return super().render(job, on_step=step)
+
+
+def _manifest(tmp_path):
+    return small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1],
+                      extra="").read_text().replace("num_inference_steps: 2", "num_inference_steps: 8")
+
+
+def test_previous_video_is_recorded_while_the_next_job_denoises(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+    path = tmp_path / "jobs.yaml"
+    path.write_text(_manifest(tmp_path))
+    SlowSteps.seen = []
+    summary = render_manifest(load_manifest(path), tmp_path / "out", progress=False, renderer_factory=SlowSteps)
+    assert summary.rendered == 2 and summary.failed == 0
+    order = list(dict.fromkeys(job_id for job_id, _, _ in SlowSteps.seen))
+    first, second = order
+    during_second = [done for job_id, _, done in SlowSteps.seen if job_id == second]
+    # Not yet done when the second job started, done before it finished: written behind its denoising.
+    assert first not in during_second[0]
+    assert first in during_second[-1]
+    assert second not in during_second[-1]
+
+
+def test_a_failed_write_fails_its_own_job_not_the_next(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+    path = small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore", "a lighthouse at night"], seeds=[1])
+    real_write = runner.write_mp4
+    calls = []
+
+    def flaky(frames, final, fps):
+        calls.append(final.name)
+        if len(calls) == 1:
+            time.sleep(0.3)  # still encoding while the next job renders
+            raise RuntimeError("encoder crashed")
+        return real_write(frames, final, fps)
+
+    monkeypatch.setattr(runner, "write_mp4", flaky)
+    summary = render_manifest(load_manifest(path), tmp_path / "out", progress=False)
+    assert summary.rendered == 2 and summary.failed == 1
+    conn = sqlite3.connect(tmp_path / "out" / "batchgen.db")
+    rows = conn.execute("select output_path, status, error from jobs").fetchall()
+    conn.close()
+    failed = [r for r in rows if r[1] == "failed"]
+    assert len(failed) == 1 and "encoder crashed" in failed[0][2]
+    assert failed[0][0].endswith(calls[0])  # the job whose write failed, not the one rendering then
+    assert not (tmp_path / "out" / failed[0][0]).exists()
+
+
+def test_both_modes_give_the_same_videos(tmp_path, monkeypatch):
+    hashes = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", flag)
+        base = tmp_path / flag
+        base.mkdir()
+        path = small_yaml(base, ["a red fox in snow", "waves on a rocky shore"], seeds=[1, 2])
+        summary = render_manifest(load_manifest(path), base / "out", progress=False)
+        assert summary.rendered == 4
+        conn = sqlite3.connect(base / "out" / "batchgen.db")
+        hashes[flag] = sorted(conn.execute("select job_id, frames_sha256 from jobs where status='done'").fetchall())
+        conn.close()
+    assert len(hashes["1"]) == 4 and hashes["0"] == hashes["1"]
