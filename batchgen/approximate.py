@@ -41,16 +41,21 @@ def parse(value: object) -> str | None:
         return "pab"
     if name == "first-block-cache":
         if not arg:
-            return f"fbc{DEFAULT_FBC_THRESHOLD:g}"
+            return f"fbc{_fixed(DEFAULT_FBC_THRESHOLD)}"
         try:
             threshold = float(arg)
         except ValueError:
             threshold = -1.0
-        if 0 < threshold < 1:
-            return f"fbc{threshold:g}"
-        raise ValueError(f"first-block-cache:THRESHOLD needs a threshold between 0 and 1 (e.g. 0.05), got {arg!r}")
+        # Written out in fixed point (never 1e-05), so the spec in the precision parses back.
+        if 0 < threshold < 1 and float(_fixed(threshold)) > 0:
+            return f"fbc{_fixed(threshold)}"
+        raise ValueError(f"first-block-cache:THRESHOLD needs a threshold between 0.000001 and 1 (e.g. 0.05), got {arg!r}")
     raise ValueError(f"unknown accelerator {value!r}: choose one of {', '.join(NAMES)} "
                      "(first-block-cache takes an optional threshold: first-block-cache:0.1), or none")
+
+
+def _fixed(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def suffix(spec: str | None) -> str:

@@ -8,6 +8,7 @@ whole batch and stay put, so a video costs nothing beyond its denoising steps an
 |----------------|--------------------------------------------------|-----------------------------|
 | resident       | all but the AdaLN layers (a), bf16               | all                         |
 | fast           | all, bf16, blocks compiled                       | all                         |
+| fp8-fast       | all, block linears fp8 multiplied, compiled      | all                         |
 | offload        | all while denoising, none while decoding         | all (diffusers' offload)    |
 | group-offload  | a few GiB of blocks; the rest streamed per step  | streamed block by block     |
 | fp8            | all but the AdaLN layers (a), stored fp8         | all                         |
@@ -23,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 
-PROFILES = ("auto", "cpu", "resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4")
+PROFILES = ("auto", "cpu", "resident", "fast", "fp8-fast", "offload", "group-offload", "fp8", "int8", "nf4")
 
 # Profiles that compute in plain bf16 give the same pixels wherever the weights sit between steps.
 _PRECISION = {
@@ -31,6 +32,8 @@ _PRECISION = {
     "resident": "bf16",
     # Compiled blocks fuse bf16 arithmetic differently (~2e-2 relative): other pixels, another id.
     "fast": "bf16-compiled",
+    # fp8 multiplies with per-token and per-channel scales (fp8_matmul.py), compiled like fast.
+    "fp8-fast": "fp8-rowwise-compiled",
     # Measured on the H100: model CPU offload did not reproduce resident's frames byte for byte, so it
     # keeps ids of its own until the cause is found (group-offload did match resident, twice).
     "offload": "bf16-offload",
@@ -45,6 +48,7 @@ _PRECISION = {
 _FALLBACK = {
     "resident": "group-offload",
     "fast": None,
+    "fp8-fast": None,
     "offload": None,
     "group-offload": None,
     "fp8": None,
@@ -56,6 +60,7 @@ _FALLBACK = {
 _FALLBACK_ANY_PRECISION = {
     "resident": "group-offload",
     "fast": "group-offload",
+    "fp8-fast": None,  # its bf16 weights are gone once converted: nothing to step down to in place
     "offload": "group-offload",
     "group-offload": "nf4",
     "fp8": "nf4",
@@ -83,6 +88,7 @@ _DENOISER_WEIGHTS_GIB = {
     # (batchgen/modulation.py), plus a job's table of their outputs.
     "resident": 13.9,
     "fast": 18.7,  # compiled blocks keep the AdaLN layers
+    "fp8-fast": 12.8,  # 7.3B block linears in fp8, the AdaLN layers and the rest in bf16
     "offload": 18.7,
     "group-offload": GROUP_OFFLOAD_RESIDENT_GIB + 1.5,  # resident blocks, embeddings, blocks in flight
     "fp8": 7.5,  # fp8 storage for what is left on the GPU, small modules in bf16
@@ -147,6 +153,13 @@ def resolve(
         return ProfileChoice("cpu", "cpu", "no CUDA device")
     if profile == "cpu":
         return ProfileChoice("cpu", "cpu", "asked for")
+    if profile == "fp8-fast":
+        from .errors import BatchgenError
+        from .fp8_matmul import supported
+
+        why_not = supported(device)
+        if why_not:
+            raise BatchgenError(f"profile 'fp8-fast': {why_not}. Use 'fast' (bf16) or 'fp8' (fp8 storage) instead.")
     if profile != "auto":
         return ProfileChoice(profile, device, "asked for")
     free, _total = torch.cuda.mem_get_info(torch.device(device))
@@ -379,7 +392,11 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     if profile in ("int8", "nf4") and _is_quantized(transformer):
         return  # bitsandbytes placed it on the GPU while loading; quantized models refuse .to()
     transformer.to(device)
-    if profile == "fast" and not getattr(transformer, "_batchgen_compiled", False):
+    if profile == "fp8-fast" and not getattr(transformer, "_batchgen_fp8_linears", 0):
+        from .fp8_matmul import convert_blocks
+
+        convert_blocks(transformer)
+    if profile in ("fast", "fp8-fast") and not getattr(transformer, "_batchgen_compiled", False):
         from .compile import compile_blocks
 
         # Compiled once per shape on first use; jobs of one shape run together, so it is paid once.

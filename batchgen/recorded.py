@@ -27,7 +27,8 @@ from .profiles import PROFILES, precision as precision_of
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 # The profile that renders a precision when the rows do not agree on one (or name none): auto only
 # picks bf16 profiles (or nf4 when nothing fits, which the runner reports).
-_PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "bf16-compiled": "fast", "bf16-offload": "offload", "fp8": "fp8",
+_PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "bf16-compiled": "fast", "fp8-rowwise-compiled": "fp8-fast",
+                "bf16-offload": "offload", "fp8": "fp8",
                 "int8": "int8", "nf4": "nf4"}
 
 

@@ -270,6 +270,10 @@ class Renderer:
                 key = (job.prompt, job.negative_prompt, job.guidance_scale, job.num_inference_steps,
                        job.num_frames, job.height, job.width)
                 modulation.prepare(pipe, call, key)
+            if self.approximate:
+                # A job that failed mid-denoise leaves the cache hooks' step state behind; diffusers only
+                # resets it at the end of a call that finished. Every job starts clean.
+                pipe.transformer._reset_stateful_cache()
             # A CPU generator per job: the same noise on any machine, whatever ran before it.
             generator = torch.Generator("cpu").manual_seed(job.seed)
             denoise_start = time.perf_counter()

@@ -191,7 +191,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine."
         )
-    if choice.name == "fast":
+    if choice.name in ("fast", "fp8-fast"):
         # Inductor's cache beside the batch: a resumed run (and every worker) reuses the compiled kernels instead of rebuilding.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "cache" / "inductor"))
     if ray_address:
@@ -314,6 +314,9 @@ def work_loop(
                 raise
             finally:
                 in_hand()
+    except (KeyboardInterrupt, Interrupted):
+        writer.interrupted = True  # also between jobs (claiming): ffmpeg got the same Ctrl-C
+        raise
     finally:
         # Whatever stops the loop (Ctrl-C, a full disk, the end), a video already rendered is finished and
         # recorded rather than lost; if even that is interrupted its job goes back to pending.
@@ -331,7 +334,7 @@ class _WriteBehind:
             from concurrent.futures import ThreadPoolExecutor
 
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="batchgen-mp4")
-        self.pending = None  # (job, final, rel, rendered, future)
+        self.pending = None  # (job, final, rel, rendered, row, future)
         self.deferred: BaseException | None = None
         # Set on Ctrl-C/SIGTERM: ffmpeg shares the terminal's process group and may have been stopped too,
         # which is no fault of the job's, so a failed write then sends it back to pending, not to failed.
@@ -343,6 +346,9 @@ class _WriteBehind:
     def submit(self, job: Job, final: Path, rel: str, rendered) -> None:
         """Write the video of a rendered job whose output path is recorded; record it when whole."""
         self.drain()
+        # What rendered it is taken now: by the time the file is whole the next job may have stepped the
+        # renderer down to another profile. The file's sha256 and the finish time are filled in then.
+        row = metadata_row(self.out, job, final, rendered, self.renderer, sha256="")
         if self.executor is None:
             from concurrent.futures import Future
 
@@ -352,20 +358,24 @@ class _WriteBehind:
                 done.set_result(None)
             except Exception as exc:
                 done.set_exception(exc)
-            self._finish((job, final, rel, rendered, done))
+            self._finish((job, final, rel, rendered, row, done))
             return
-        self.pending = (job, final, rel, rendered, self.executor.submit(write_mp4, rendered.frames, final, job.fps))
+        future = self.executor.submit(write_mp4, rendered.frames, final, job.fps)
+        self.pending = (job, final, rel, rendered, row, future)
 
     def poll(self, *_step) -> None:
-        """Between denoising steps of the next job: record the previous video if it is written. Its errors
-        wait for drain(), so that they are never taken for the rendering job's own."""
-        if self.pending is None or not self.pending[4].done():
+        """Between denoising steps of the next job: record the previous video if it is written. A full
+        disk stops the batch at once; other errors wait for drain(), outside the rendering job's own
+        error handling, so they are never taken for its failure."""
+        if self.pending is None or not self.pending[-1].done():
             return
         pending, self.pending = self.pending, None
         try:
             self._finish(pending)
         except (KeyboardInterrupt, Interrupted):
             self.store.release(pending[0].job_id)
+            raise
+        except OutputUnwritable:
             raise
         except BaseException as exc:
             self.deferred = exc
@@ -391,7 +401,7 @@ class _WriteBehind:
                 self.executor.shutdown(wait=True)
 
     def _finish(self, pending) -> None:
-        job, final, rel, rendered, future = pending
+        job, final, rel, rendered, row, future = pending
         try:
             future.result()
         except (KeyboardInterrupt, Interrupted):
@@ -402,15 +412,15 @@ class _WriteBehind:
                 return
             _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log)
         else:
-            self._record(job, final, rel, rendered)
+            self._record(job, final, rel, rendered, row)
         if self.bar is not None:
             self.bar.update(1)
 
-    def _record(self, job: Job, final: Path, rel: str, rendered) -> None:
+    def _record(self, job: Job, final: Path, rel: str, rendered, row: dict) -> None:
         try:
             faults.point("video_published")
             sha = sha256_file(final)
-            row = metadata_row(self.out, job, final, rendered, self.renderer, sha)
+            row = dict(row, sha256=sha, finished_at=now())
             self.store.mark_done(
                 job.job_id,
                 {
@@ -421,7 +431,7 @@ class _WriteBehind:
                     "seconds_per_step": rendered.seconds_per_step,
                     "peak_vram_allocated": rendered.peak_vram_allocated,
                     "peak_vram_reserved": rendered.peak_vram_reserved,
-                    "profile": self.renderer.profile,
+                    "profile": row["profile"],
                     "fingerprint": json.dumps(row["fingerprint"]),
                     "metadata": json.dumps(row, ensure_ascii=False),
                 },
@@ -440,12 +450,25 @@ class _WriteBehind:
 def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log, writer: _WriteBehind) -> None:
     final = video_path(out, job)
     rel = final.relative_to(out).as_posix()
+    def failed(exc: Exception) -> None:
+        _job_failed(out, store, job, final, rel, exc, summary, log)
+        if writer.bar is not None:
+            writer.bar.update(1)
+
     try:
         faults.point("claimed")
         on_step = writer.poll if writer.executor is not None else None
         rendered = _render_stepping_down(renderer, job, store, log, on_step)
-        # The previous job's video first: its record (or its failure) must not wait for this one's.
-        writer.drain()
+    except (KeyboardInterrupt, Interrupted, OutputUnwritable):
+        raise
+    except Exception as exc:
+        writer.drain()  # the previous job's record first, outside this job's error handling
+        failed(exc)
+        return
+    # The previous job's video first: its record (or its failure) must not wait for this one's, and an
+    # error in it propagates as its own, never as this job's.
+    writer.drain()
+    try:
         if final.exists() and store.get_row(job.job_id)["output_path"] != rel:
             # Not an orphan of this job's own crashed publish: the user's file, or another job's. Keep it.
             raise FileExistsError(f"{final} already exists and is not batchgen's; batchgen never overwrites a video")
@@ -454,10 +477,7 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
     except (KeyboardInterrupt, Interrupted, OutputUnwritable):
         raise
     except Exception as exc:
-        writer.drain()
-        _job_failed(out, store, job, final, rel, exc, summary, log)
-        if writer.bar is not None:
-            writer.bar.update(1)
+        failed(exc)
         return
     writer.submit(job, final, rel, rendered)
 

@@ -292,7 +292,14 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
             used = "diffusers[flash]"
     else:
         used = attention.install(transformer, backend)
-        if variant == "compiled":
+        if variant == "fp8-compiled":
+            # The fp8-fast profile: fp8 multiplies in the blocks' linears, compiled; undone after measuring.
+            from batchgen import fp8_matmul
+
+            bcompile.uncompile_blocks(transformer)
+            fp8_matmul.convert_blocks(transformer, keep_originals=True)
+            bcompile.compile_blocks(transformer, mode=args.compile_mode)
+        elif variant == "compiled":
             if not getattr(transformer, "_batchgen_compiled", False):
                 bcompile.compile_blocks(transformer, mode=args.compile_mode)
         else:
@@ -319,8 +326,13 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
         "flop": flops["flop"],
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
-    if variant == "compiled":
+    if variant in ("compiled", "fp8-compiled"):
         row["compile_s"] = round(first_s - s_step, 2)
+    if variant == "fp8-compiled":
+        from batchgen import fp8_matmul
+
+        bcompile.uncompile_blocks(transformer)
+        fp8_matmul.restore_blocks(transformer)
     sample = out[0].float().cpu()
     if variant == "diffusers":
         refs[frames] = sample

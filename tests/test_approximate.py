@@ -18,7 +18,8 @@ def test_parse_accepts(value, spec):
 
 
 @pytest.mark.parametrize("value,words", [("fbc", "unknown accelerator"), ("faster-cache", "unknown accelerator"),
-                                         ("first-block-cache:2", "between 0 and 1"), ("first-block-cache:x", "between 0 and 1"),
+                                         ("first-block-cache:2", "between 0.000001 and 1"), ("first-block-cache:x", "between 0.000001 and 1"),
+                                         ("first-block-cache:0.0000001", "between 0.000001 and 1"),
                                          (3, "must be one of")])
 def test_parse_refuses_with_a_message(value, words):
     with pytest.raises(ValueError, match=words):
@@ -79,3 +80,26 @@ def test_manifest_field_and_its_errors(tmp_path):
     assert "Traceback" not in result.output
     result = run_cli("render", good, "--out", tmp_path / "o", "--approximate", "first-block-cache:7")
     assert result.exit_code != 0 and "--approximate: first-block-cache:THRESHOLD" in result.output
+
+
+def test_a_job_that_failed_mid_denoise_leaves_no_cache_state_behind():
+    from batchgen.job import Job
+    from batchgen.render import Renderer
+
+    job = Job("a red fox in snow", "blurry", seed=4, num_frames=7, height=32, width=48, num_inference_steps=8)
+
+    def fresh():
+        r = Renderer("tiny", profile="cpu", device="cpu", progress=False, approximate="pab")
+        r.encode([job.prompt, job.negative_prompt])
+        return r
+
+    clean = fresh().render(job).frames
+    renderer = fresh()
+
+    def crash(step, total):
+        if step == 3:
+            raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        renderer.render(job, on_step=crash)
+    assert (renderer.render(job).frames == clean).all()

@@ -531,8 +531,8 @@ def test_bad_top_level_values(tmp_path, key, value, needle):
 
 
 def test_profiles_constant():
-    assert set(PROFILES) == {"auto", "resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4", "cpu"}
-    assert "jobs" in TOP_LEVEL_KEYS and "defaults" in TOP_LEVEL_KEYS
+    assert set(PROFILES) == {"auto", "resident", "fast", "fp8-fast", "offload", "group-offload", "fp8", "int8", "nf4", "cpu"}
+    assert "jobs" in TOP_LEVEL_KEYS and "defaults" in TOP_LEVEL_KEYS and "approximate" in TOP_LEVEL_KEYS
 
 
 # ---------------------------------------------------------------- field validation

@@ -4,6 +4,8 @@ failure is never blamed on job k+1."""
 import sqlite3
 import time
 
+import pytest
+
 from batchgen import runner
 from batchgen.manifest import load_manifest
 from batchgen.render import Renderer
@@ -89,3 +91,86 @@ def test_both_modes_give_the_same_videos(tmp_path, monkeypatch):
         hashes[flag] = sorted(conn.execute("select job_id, frames_sha256 from jobs where status='done'").fetchall())
         conn.close()
     assert len(hashes["1"]) == 4 and hashes["0"] == hashes["1"]
+
+
+def _statuses(out):
+    conn = sqlite3.connect(out / "batchgen.db")
+    rows = dict(conn.execute("select job_id, status from jobs").fetchall())
+    conn.close()
+    return rows
+
+
+def test_a_job_is_recorded_with_the_profile_it_rendered_under(tmp_path, monkeypatch):
+    """The next job may step the renderer down (OOM) before the previous video is recorded."""
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+
+    class StepsDown(Renderer):
+        def render(self, job, on_step=None):
+            def step(i, n):
+                if self._jobs_seen == 2:
+                    self.profile = "group-offload"  # what step_down would leave behind
+                time.sleep(0.1)
+                if on_step is not None:
+                    on_step(i, n)
+
+            self._jobs_seen = getattr(self, "_jobs_seen", 0) + 1
+            try:
+                return super().render(job, on_step=step)
+            finally:
+                self.profile = "cpu"
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(_manifest(tmp_path))
+    render_manifest(load_manifest(path), tmp_path / "out", progress=False, renderer_factory=StepsDown)
+    conn = sqlite3.connect(tmp_path / "out" / "batchgen.db")
+    profiles = [r[0] for r in conn.execute("select profile from jobs where status='done'")]
+    conn.close()
+    assert profiles == ["cpu", "cpu"]
+
+
+def test_ctrl_c_between_jobs_sends_the_written_behind_job_back_to_pending(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+    path = small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1])
+
+    def killed_ffmpeg(frames, final, fps):
+        time.sleep(0.3)  # Ctrl-C reaches ffmpeg too: its write breaks
+        raise BrokenPipeError("ffmpeg went away")
+
+    real_claim = runner.Store.claim
+    calls = []
+
+    def claim(self, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_claim(self, **kwargs)
+
+    monkeypatch.setattr(runner, "write_mp4", killed_ffmpeg)
+    monkeypatch.setattr(runner.Store, "claim", claim)
+    summary = render_manifest(load_manifest(path), tmp_path / "out", progress=False)
+    assert summary.interrupted_by is not None
+    statuses = _statuses(tmp_path / "out")
+    assert sorted(statuses.values()) == ["pending", "pending"], statuses  # not failed, not running
+
+
+def test_the_previous_jobs_bookkeeping_error_is_not_blamed_on_the_next_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+    path = small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1])
+
+    def broken(frames, final, fps):
+        raise RuntimeError("encoder crashed")
+
+    real_mark_failed = runner.Store.mark_failed
+    tries = []
+
+    def locked(self, job_id, message):
+        tries.append(job_id)
+        if len(tries) == 1:  # recording the first job's failure fails once; later calls work
+            raise sqlite3.OperationalError("database is locked")
+        return real_mark_failed(self, job_id, message)
+
+    monkeypatch.setattr(runner, "write_mp4", broken)
+    monkeypatch.setattr(runner.Store, "mark_failed", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        render_manifest(load_manifest(path), tmp_path / "out", progress=False)
+    assert "failed" not in _statuses(tmp_path / "out").values()
