@@ -128,3 +128,14 @@ def test_bad_manifests_exit_nonzero_with_a_message_and_no_traceback(tmp_path, bo
 def test_status_of_a_folder_that_is_not_a_batch(tmp_path):
     result = CliRunner().invoke(cli, ["status", str(tmp_path)])
     assert result.exit_code != 0 and "No batchgen database" in result.output
+
+
+def test_cli_turns_on_expandable_cuda_segments_unless_the_user_chose(monkeypatch):
+    import os
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert run("validate", "--help").exit_code == 0
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert run("validate", "--help").exit_code == 0
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
