@@ -190,3 +190,11 @@ def test_missing_imageio_ffmpeg_blocks_rendering(monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now raises ImportError
     check = doctor.check_ffmpeg()
     assert check.status == "FAIL" and check.blocking and "pip install -e ." in check.fix
+
+
+def test_fp8_fast_is_listed_only_where_fp8_tensor_cores_exist():
+    hopper = doctor.check_profiles([gpu(70, capability=(9, 0))], bnb_ok=True)
+    assert "fp8-fast ~" in hopper.detail
+    ampere = doctor.check_profiles([gpu(70, capability=(8, 0))], bnb_ok=True)
+    assert "fp8-fast needs an Ada or Hopper GPU" in ampere.detail and "fp8-fast ~" not in ampere.detail
+    assert "resident ~" in ampere.detail
