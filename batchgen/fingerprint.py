@@ -16,7 +16,8 @@ from . import determinism, environment, profiles
 FINGERPRINT_VERSION = 1
 
 # Quantized storage says more than the tensor dtype bitsandbytes packs it in (uint8 for nf4).
-_STORAGE = {"fp8": "float8_e4m3fn", "int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)"}
+_STORAGE = {"fp8": "float8_e4m3fn", "fp8-fast": "float8_e4m3fn (block linears, fp8 multiplies)",
+            "int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)"}
 
 
 def collect(renderer) -> dict:

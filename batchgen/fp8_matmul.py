@@ -49,12 +49,13 @@ class Fp8Linear(nn.Module):
             self.weight_fp8.t(),  # column-major view of [out, in]: what the fp8 GEMM needs
             scale_a=scale,
             scale_b=self.weight_scale,
-            out_dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16,
+            # Rowwise-scaled kernels return bf16 everywhere (Ada's only that); other dtypes are cast after.
+            out_dtype=torch.bfloat16,
             use_fast_accum=True,
         )
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
+        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 rowwise"
@@ -104,4 +105,10 @@ def supported(device: str) -> str | None:
     major, minor = torch.cuda.get_device_capability(torch.device(device))
     if (major, minor) < (8, 9):
         return f"fp8 matrix multiplies need an Ada (8.9) or Hopper (9.0) GPU or newer; this one is {major}.{minor}"
+    # The capability is not the whole story (torch build, newer chips): try the very call, once, small.
+    try:
+        probe = Fp8Linear(nn.Linear(16, 16, bias=False).to(device, torch.bfloat16))
+        probe(torch.ones(16, 16, device=device, dtype=torch.bfloat16))
+    except Exception as exc:  # noqa: BLE001 - any failure means the profile cannot run here
+        return f"this torch ({torch.__version__}) cannot run rowwise-scaled fp8 multiplies on {device}: {exc}"
     return None

@@ -9,6 +9,7 @@ driver that dies leaves `running` jobs that the next run takes back, as on one h
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -110,6 +111,10 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
 
     ray = _ray()
     init = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+    # Actors on another host do not inherit this process's environment: hand them the allocator setting.
+    forwarded = {k: os.environ[k] for k in ("PYTORCH_CUDA_ALLOC_CONF",) if k in os.environ}
+    if forwarded:
+        init["runtime_env"] = {"env_vars": forwarded}
     if address == "local":
         ray.init(**init)
     else:

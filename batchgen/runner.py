@@ -343,12 +343,10 @@ class _WriteBehind:
     def writing(self) -> tuple[str, ...]:
         return (self.pending[0].job_id,) if self.pending else ()
 
-    def submit(self, job: Job, final: Path, rel: str, rendered) -> None:
-        """Write the video of a rendered job whose output path is recorded; record it when whole."""
+    def submit(self, job: Job, final: Path, rel: str, rendered, row: dict) -> None:
+        """Write the video of a rendered job whose output path is recorded; record it when whole. `row` is
+        its metadata, taken when it finished rendering (the file's sha256 and finish time come later)."""
         self.drain()
-        # What rendered it is taken now: by the time the file is whole the next job may have stepped the
-        # renderer down to another profile. The file's sha256 and the finish time are filled in then.
-        row = metadata_row(self.out, job, final, rendered, self.renderer, sha256="")
         if self.executor is None:
             from concurrent.futures import Future
 
@@ -474,12 +472,15 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
             raise FileExistsError(f"{final} already exists and is not batchgen's; batchgen never overwrites a video")
         # Recorded before the rename, so a crash between rename and done marks the file as ours to redo.
         store.set_output_path(job.job_id, rel)
+        # What rendered it is taken now: by the time the file is whole the next job may have stepped the
+        # renderer down to another profile.
+        row = metadata_row(out, job, final, rendered, renderer, sha256="")
     except (KeyboardInterrupt, Interrupted, OutputUnwritable):
         raise
     except Exception as exc:
         failed(exc)
         return
-    writer.submit(job, final, rel, rendered)
+    writer.submit(job, final, rel, rendered, row)
 
 
 def _job_failed(out: Path, store: Store, job: Job, final: Path, rel: str, exc: BaseException, summary: RunSummary,

@@ -174,3 +174,21 @@ def test_the_previous_jobs_bookkeeping_error_is_not_blamed_on_the_next_job(tmp_p
     with pytest.raises(sqlite3.OperationalError):
         render_manifest(load_manifest(path), tmp_path / "out", progress=False)
     assert "failed" not in _statuses(tmp_path / "out").values()
+
+
+def test_a_job_whose_record_cannot_be_built_fails_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
+    path = small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1])
+    real_row = runner.metadata_row
+    calls = []
+
+    def flaky_row(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("fingerprint unavailable")
+        return real_row(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "metadata_row", flaky_row)
+    summary = render_manifest(load_manifest(path), tmp_path / "out", progress=False)
+    assert summary.rendered == 1 and summary.failed == 1
+    assert sorted(_statuses(tmp_path / "out").values()) == ["done", "failed"]
