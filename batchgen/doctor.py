@@ -139,8 +139,10 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
     free = max(d["free"] for d in devices) / 2**30
     needs = profile_needs()
     parts, fit_long = [], []
-    # fp8-fast multiplies on fp8 tensor cores: Ada (8.9), Hopper (9.0) or newer.
-    fp8_cores = any(tuple(int(x) for x in str(d.get("capability", "0.0")).split(".")) >= (8, 9) for d in devices)
+    from .fp8_matmul import MIN_CAPABILITY
+
+    fp8_cores = any(tuple(int(x) for x in str(d.get("capability", "0.0")).split(".")) >= MIN_CAPABILITY
+                    for d in devices)
     for name, by_size in needs.items():
         if name == "fp8-fast" and not fp8_cores:
             parts.append(f"{name} needs an Ada or Hopper GPU")

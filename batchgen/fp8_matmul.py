@@ -13,10 +13,14 @@ projection stay bf16.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 E4M3_MAX = 448.0
+# fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer.
+MIN_CAPABILITY = (8, 9)
 
 
 def _rowwise_scale(x: torch.Tensor) -> torch.Tensor:
@@ -98,12 +102,14 @@ def restore_blocks(transformer: nn.Module) -> None:
     transformer._batchgen_fp8_originals = None
 
 
+@functools.lru_cache(maxsize=None)
 def supported(device: str) -> str | None:
-    """None when fp8 tensor-core multiplies run on `device`, else why not."""
+    """None when fp8 tensor-core multiplies run on `device`, else why not. Probed once per device: a run
+    resolves its profile more than once (planning, then the renderer)."""
     if not device.startswith("cuda"):
         return "fp8 matrix multiplies need a CUDA GPU"
     major, minor = torch.cuda.get_device_capability(torch.device(device))
-    if (major, minor) < (8, 9):
+    if (major, minor) < MIN_CAPABILITY:
         return f"fp8 matrix multiplies need an Ada (8.9) or Hopper (9.0) GPU or newer; this one is {major}.{minor}"
     # The capability is not the whole story (torch build, newer chips): try the very call, once, small.
     try:

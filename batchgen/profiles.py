@@ -356,9 +356,10 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
         pipe.vae.enable_tiling()
     from . import modulation
 
+    if modulation.enabled(profile) and not _is_quantized(pipe.transformer):
+        # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py).
+        modulation.detach(pipe.transformer)
     if profile == "cpu":
-        if modulation.enabled(profile):
-            modulation.detach(pipe.transformer)
         pipe.to("cpu")
         return
     # batchgen's attention: bit-identical to diffusers' (measured on the H100), no data-dependent shapes,
@@ -371,9 +372,6 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     vae_dtype = torch.float32 if quality else torch.bfloat16
     pipe.vae.to(dtype=vae_dtype)
     transformer = pipe.transformer
-    if modulation.enabled(profile) and not _is_quantized(transformer):
-        # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py).
-        modulation.detach(transformer)
     if profile == "offload":
         # The text encoder is done: keep it out of the offload chain so it never comes back to the GPU.
         pipe.enable_model_cpu_offload(device=device)

@@ -33,16 +33,7 @@ class _RenderActor:
     def __init__(self, config: dict):
         from .render import Renderer
 
-        self.renderer = Renderer(
-            config["model"],
-            revision=config["revision"],
-            profile=config["profile"],
-            quality=config["quality"],
-            approximate=config.get("approximate"),
-            device=config["device"],
-            cache_dir=None,
-            progress=False,
-        )
+        self.renderer = Renderer.from_config(config, cache_dir=None)
 
     def encode(self, texts: list[str]) -> None:
         self.renderer.encode(texts)

@@ -108,6 +108,20 @@ class Renderer:
             self.loaded = LoadedPipeline(pipeline, model, revision or "prebuilt", MAX_SEQUENCE_LENGTH)
             pipeline.set_progress_bar_config(disable=not progress, leave=False, position=1)
 
+    @classmethod
+    def from_config(cls, config: dict, *, cache_dir: Path | None) -> "Renderer":
+        """The renderer a worker process or Ray actor builds from its parent's run settings (a JSON dict)."""
+        return cls(
+            config["model"],
+            revision=config["revision"],
+            profile=config["profile"],
+            quality=config["quality"],
+            approximate=config.get("approximate"),
+            device=config["device"],
+            cache_dir=cache_dir,
+            progress=False,
+        )
+
     @property
     def precision(self) -> str:
         return profiles.precision(self.profile, self.quality, approximate=self.approximate)
@@ -186,12 +200,12 @@ class Renderer:
     def _ensure_denoiser(self) -> None:
         if self._denoiser_ready:
             return
+        refused = approximate.check_profile(self.approximate, self.profile)
+        if refused:
+            raise ValueError(refused)  # before freeing T5 and placing the denoiser for nothing
         pipe = self.pipe
         profiles.release_text_encoder(pipe)
         profiles.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
-        refused = approximate.check_profile(self.approximate, self.profile)
-        if refused:
-            raise ValueError(refused)
         approximate.apply(pipe, self.approximate)
         self._denoiser_ready = True
         if self.device.startswith("cuda"):

@@ -285,8 +285,7 @@ def work_loop(
     from the main thread as soon as the file is whole (checked between denoising steps), so the GPU
     does not wait for x264. `on_claim` gets the ids of the jobs in hand (rendering, writing).
     """
-    writer = _WriteBehind(out, store, renderer, summary, log, bar,
-                          write_behind_enabled() if write_behind is None else write_behind)
+    writer = _WriteBehind(out, store, summary, log, bar, write_behind_enabled() if write_behind is None else write_behind)
 
     def in_hand(*ids):
         if on_claim is not None:
@@ -327,8 +326,8 @@ class _WriteBehind:
     """At most one video being encoded on a background thread; its bookkeeping stays on the caller's thread
     (SQLite connections are not shared between threads)."""
 
-    def __init__(self, out: Path, store: Store, renderer, summary: RunSummary, log, bar, enabled: bool):
-        self.out, self.store, self.renderer, self.summary, self.log, self.bar = out, store, renderer, summary, log, bar
+    def __init__(self, out: Path, store: Store, summary: RunSummary, log, bar, enabled: bool):
+        self.out, self.store, self.summary, self.log, self.bar = out, store, summary, log, bar
         self.executor = None
         if enabled:
             from concurrent.futures import ThreadPoolExecutor
@@ -369,11 +368,8 @@ class _WriteBehind:
             return
         pending, self.pending = self.pending, None
         try:
-            self._finish(pending)
-        except (KeyboardInterrupt, Interrupted):
-            self.store.release(pending[0].job_id)
-            raise
-        except OutputUnwritable:
+            self._finish_or_release(pending)
+        except (KeyboardInterrupt, Interrupted, OutputUnwritable):
             raise
         except BaseException as exc:
             self.deferred = exc
@@ -382,11 +378,7 @@ class _WriteBehind:
         """Wait for the video in flight and record it; raise what an earlier poll() could not."""
         pending, self.pending = self.pending, None
         if pending is not None:
-            try:
-                self._finish(pending)
-            except (KeyboardInterrupt, Interrupted):
-                self.store.release(pending[0].job_id)
-                raise
+            self._finish_or_release(pending)
         if self.deferred is not None:
             exc, self.deferred = self.deferred, None
             raise exc
@@ -397,6 +389,14 @@ class _WriteBehind:
         finally:
             if self.executor is not None:
                 self.executor.shutdown(wait=True)
+
+    def _finish_or_release(self, pending) -> None:
+        """_finish, with the job sent back to pending if an interruption cuts its bookkeeping short."""
+        try:
+            self._finish(pending)
+        except (KeyboardInterrupt, Interrupted):
+            self.store.release(pending[0].job_id)
+            raise
 
     def _finish(self, pending) -> None:
         job, final, rel, rendered, row, future = pending
@@ -448,6 +448,7 @@ class _WriteBehind:
 def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log, writer: _WriteBehind) -> None:
     final = video_path(out, job)
     rel = final.relative_to(out).as_posix()
+
     def failed(exc: Exception) -> None:
         _job_failed(out, store, job, final, rel, exc, summary, log)
         if writer.bar is not None:

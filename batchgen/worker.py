@@ -52,16 +52,7 @@ def main(argv: list[str]) -> int:
     worker = f"{socket.gethostname()}:{os.getpid()}:{config['worker']}"
     store = Store(out)
     summary = RunSummary(out)
-    renderer = Renderer(
-        config["model"],
-        revision=config["revision"],
-        profile=config["profile"],
-        quality=config["quality"],
-        approximate=config.get("approximate"),
-        device=config["device"],
-        cache_dir=out / "cache" / "embeddings",
-        progress=False,
-    )
+    renderer = Renderer.from_config(config, cache_dir=out / "cache" / "embeddings")
     heartbeat = Heartbeat(out, worker, config["lease_seconds"])
     heartbeat.start()
 
