@@ -67,32 +67,20 @@ def _cudnn_masked(q, k, v, key_valid):
         return _sdpa_masked(q, k, v, key_valid)
 
 
-def _varlen_args(q, key_valid):
-    batch, seq = q.shape[0], q.shape[1]
+def _varlen_packed(q, k, v, key_valid):
+    """q, k, v flattened to (batch*seq, heads, dim) with the cumulative and used key lengths varlen kernels take."""
+    b, s, h, d = q.shape
     # Every sample keeps its full slot (fixed shapes); the kernel reads only its first seqused_k keys, which
     # are exactly the valid ones because the text mask is a prefix (T5 pads on the right).
-    cu = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=q.device)
+    cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
     used = key_valid.sum(dim=1, dtype=torch.int32)
-    return cu, used, seq
+    return q.reshape(b * s, h, d), k.reshape(b * s, h, d), v.reshape(b * s, h, d), cu, used, s
 
 
 def _flash_varlen(q, k, v, key_valid):
-    cu, used, seq = _varlen_args(q, key_valid)
-    b, s, h, d = q.shape
-    out = torch.ops.aten._flash_attention_forward(
-        q.reshape(b * s, h, d),
-        k.reshape(b * s, h, d),
-        v.reshape(b * s, h, d),
-        cu,
-        cu,
-        seq,
-        seq,
-        0.0,
-        False,
-        False,
-        seqused_k=used,
-    )[0]
-    return out.view(b, s, h, d)
+    qp, kp, vp, cu, used, seq = _varlen_packed(q, k, v, key_valid)
+    out = torch.ops.aten._flash_attention_forward(qp, kp, vp, cu, cu, seq, seq, 0.0, False, False, seqused_k=used)[0]
+    return out.view(q.shape)
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,21 +93,11 @@ def _fa3_module():
 
 
 def _fa3(q, k, v, key_valid):
-    cu, used, seq = _varlen_args(q, key_valid)
-    b, s, h, d = q.shape
-    out = _fa3_module().flash_attn_varlen_func(
-        q.reshape(b * s, h, d),
-        k.reshape(b * s, h, d),
-        v.reshape(b * s, h, d),
-        cu,
-        cu,
-        seq,
-        seq,
-        seqused_k=used,
-    )
+    qp, kp, vp, cu, used, seq = _varlen_packed(q, k, v, key_valid)
+    out = _fa3_module().flash_attn_varlen_func(qp, kp, vp, cu, cu, seq, seq, seqused_k=used)
     if isinstance(out, tuple):  # some FA3 releases also return the log-sum-exp
         out = out[0]
-    return out.view(b, s, h, d)
+    return out.view(q.shape)
 
 
 def _prefix(q, k, v, key_valid):

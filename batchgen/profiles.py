@@ -12,10 +12,11 @@ whole batch and stay put, so a video costs nothing beyond its denoising steps an
 | offload        | all while denoising, none while decoding         | all (diffusers' offload)    |
 | group-offload  | a few GiB of blocks; the rest streamed per step  | streamed block by block     |
 | fp8            | all but the AdaLN layers (a), stored fp8         | all                         |
-| int8 / nf4     | all, bitsandbytes-quantized linears              | all / streamed              |
+| int8 / nf4     | all, bitsandbytes-quantized linears (b)          | all / streamed              |
 
 (a) their outputs depend only on the timestep and the prompt, so they are precomputed per job from a
 pinned CPU copy (modulation.py): 2.7B parameters that never take GPU memory, with the same pixels.
+(b) int8 multiplies in bf16 from its int8 weights (int8_linear.py), nf4 with bitsandbytes' own kernels.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ _PRECISION = {
     "fast": "bf16-compiled",
     # fp8 multiplies with per-token and per-channel scales (fp8_matmul.py), compiled like fast.
     "fp8-fast": "fp8-rowwise-compiled",
-    # Measured on the H100: model CPU offload did not reproduce resident's frames byte for byte, so it
-    # keeps ids of its own until the cause is found (group-offload did match resident, twice).
+    # Measured on the H100: model CPU offload did not reproduce resident's frames byte for byte (the
+    # denoising matches; the decode differs once the VAE has been to the CPU and back, which offload does
+    # every video: benchmarks/offload_vs_resident.py), so it keeps ids of its own. group-offload matches.
     "offload": "bf16-offload",
     "group-offload": "bf16",
     "fp8": "fp8",
-    "int8": "int8",
+    # int8 weights dequantized per layer, bf16 multiplies (int8_linear.py); "int8" was LLM.int8's.
+    "int8": "int8-bf16",
     "nf4": "nf4",
 }
 
@@ -191,11 +194,34 @@ def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | No
     )
 
 
+INT8_KERNELS = ("dequant", "llm-int8")
+
+
+def int8_kernel() -> str:
+    """The int8 profile's multiply, from BATCHGEN_INT8_KERNEL: "dequant" (default; int8_linear.py) or
+    "llm-int8" (bitsandbytes' own, which renders precision "int8")."""
+    value = os.environ.get("BATCHGEN_INT8_KERNEL", "").strip() or "dequant"
+    if value not in INT8_KERNELS:
+        from .errors import BatchgenError
+
+        raise BatchgenError(f"BATCHGEN_INT8_KERNEL={value!r}: expected one of {', '.join(INT8_KERNELS)}")
+    return value
+
+
+def int8_hint(precision: str) -> str:
+    """What to add to a message about `precision` when it was LLM.int8's and that kernel is not chosen."""
+    if precision.split("+", 1)[0] == "int8" and int8_kernel() != "llm-int8":
+        return " (it was rendered with bitsandbytes' LLM.int8 kernel: set BATCHGEN_INT8_KERNEL=llm-int8 to use it again)"
+    return ""
+
+
 def precision(profile: str, quality: bool = False, deterministic: bool = False, approximate: str | None = None) -> str:
     """The numeric recipe a profile renders with; part of every job id. Deterministic algorithms are part
     of it: on the H100 they gave other frames than the default kernels (benchmarks/results/gpu_repro_h100.log).
     So is an approximate accelerator (batchgen.approximate), as "+fbc0.05" or "+pab"."""
     base = _PRECISION[profile]
+    if profile == "int8" and int8_kernel() == "llm-int8":
+        base = "int8"
     if quality:
         base += "+quality"
     if approximate:
@@ -388,7 +414,13 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
         transformer.to(device)
         return
     if profile in ("int8", "nf4") and _is_quantized(transformer):
-        return  # bitsandbytes placed it on the GPU while loading; quantized models refuse .to()
+        # bitsandbytes placed it on the GPU while loading; quantized models refuse .to().
+        if profile == "int8" and not getattr(transformer, "_batchgen_int8_linears", 0):
+            from .int8_linear import convert
+
+            if int8_kernel() == "dequant":
+                transformer._batchgen_int8_linears = convert(transformer)
+        return
     transformer.to(device)
     if profile == "fp8-fast" and not getattr(transformer, "_batchgen_fp8_linears", 0):
         from .fp8_matmul import convert_blocks

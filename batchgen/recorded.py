@@ -22,14 +22,14 @@ from pathlib import Path, PurePosixPath
 from . import approximate
 from .job import JOB_FIELDS
 from .manifest import Entry, _Bad, _normalise, _read_text, _State
-from .profiles import PROFILES, precision as precision_of
+from .profiles import PROFILES, int8_hint, precision as precision_of
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 # The profile that renders a precision when the rows do not agree on one (or name none): auto only
 # picks bf16 profiles (or nf4 when nothing fits, which the runner reports).
 _PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "bf16-compiled": "fast", "fp8-rowwise-compiled": "fp8-fast",
                 "bf16-offload": "offload", "fp8": "fp8",
-                "int8": "int8", "nf4": "nf4"}
+                "int8-bf16": "int8", "int8": "int8", "nf4": "nf4"}
 
 
 def load_records(state: _State, *, profile_override: str | None = None) -> None:
@@ -77,6 +77,10 @@ def load_records(state: _State, *, profile_override: str | None = None) -> None:
         state.profile = next(iter(profiles))
     elif base in _PROFILE_FOR:
         state.profile = _PROFILE_FOR[base]
+    hint = int8_hint(exact)
+    if hint:
+        state.warnings.append(f"{state.display}: the records are at precision {precision}, int8 now renders "
+                              f"at {precision_of('int8', state.quality, approximate=state.approximate)}{hint}")
     if profile_override and profile_override in PROFILES and profile_override not in ("auto",):
         theirs = precision_of(profile_override, state.quality, approximate=state.approximate)
         if theirs != precision:

@@ -3,7 +3,7 @@ with diffusers' PipelineQuantizationConfig (batchgen.profiles.load_kwargs), then
 
 No real checkpoint can be downloaded here, so the tiny random pipeline is saved with `save_pretrained`
 and loaded back through exactly the code `batchgen render` uses for a local folder or hub id.
-Prints, per profile: the transformer's linear layer types after loading, its weight bytes, whether the
+Prints, per profile: the transformer's linear layer types after loading and while rendering, its weight bytes, whether the
 two renders agree, and the peak VRAM.
 
 Usage: python benchmarks/gpu_quantized_load.py [--profiles int8,nf4] [--json out.json]
@@ -48,11 +48,16 @@ def main(argv=None) -> int:
             renderer.encode([job.prompt, job.negative_prompt])
             first = renderer.render(job)
             second = renderer.render(job)
+            # What the layers are once the batch is set up (int8's are swapped for batchgen's kernel then).
+            rendering = collections.Counter(
+                type(m).__name__ for m in renderer.pipe.transformer.modules() if "Linear" in type(m).__name__
+            )
             row = {
                 "profile": profile,
                 "precision": renderer.precision,
                 "quantized": bool(getattr(transformer, "is_quantized", False)),
                 "linear_layer_types": dict(kinds),
+                "linear_layer_types_rendering": dict(rendering),
                 "transformer_bytes": weight_bytes,
                 "device": str(next(transformer.parameters()).device),
                 "frames_shape": list(first.frames.shape),

@@ -113,3 +113,24 @@ def test_gpu_only_backends_are_not_chosen_on_cpu():
     assert attention.choose_backend("cpu") == "sdpa"
     assert not attention._probe("flash-varlen", torch.device("cpu"), torch.float32)
     assert attention._probe("prefix", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen and cuDNN kernels need a CUDA GPU")
+@pytest.mark.parametrize("backend", ("cudnn", "flash-varlen", "fa3", "prefix"))
+def test_gpu_backends_match_masked_sdpa(backend):
+    if not attention._probe(backend, torch.device("cuda"), torch.bfloat16):
+        pytest.skip(f"{backend} is not available on this GPU")
+    gen = torch.Generator("cuda").manual_seed(0)
+    # Mochi's layout: video tokens then 256 text tokens; sample 0 has an empty text, sample 1 40 tokens.
+    b, video, heads, dim = 2, 300, 4, 64
+    q, k, v = (torch.randn(b, video + 256, heads, dim, generator=gen, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    text_mask = torch.zeros(b, 256, dtype=torch.bool, device="cuda")
+    text_mask[1, :40] = True
+    key_valid = attention._key_valid(text_mask, video)
+    want = attention._sdpa_masked(q, k, v, key_valid).float()
+    got = attention._KERNELS[backend](q, k, v, key_valid).float()
+    # Only the valid query rows are used downstream (padded text queries are dropped).
+    for i in range(b):
+        rows = key_valid[i]
+        torch.testing.assert_close(got[i][rows], want[i][rows], atol=2e-2, rtol=2e-2)

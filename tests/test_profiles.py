@@ -24,7 +24,7 @@ def test_precision_mapping():
     assert profiles.precision("offload") == "bf16-offload"
     assert profiles.precision("fast") == "bf16-compiled"
     assert profiles.precision("fp8") == "fp8"
-    assert profiles.precision("int8") == "int8"
+    assert profiles.precision("int8") == "int8-bf16"  # LLM.int8 with BATCHGEN_INT8_KERNEL=llm-int8: "int8"
     assert profiles.precision("nf4") == "nf4"
     assert profiles.precision("resident", quality=True) == "bf16+quality"
     with pytest.raises(KeyError):
