@@ -36,6 +36,9 @@ def cli() -> None:
     # caching allocator; expandable segments cut the 163-frame resident peak reserved from 28.7 to 27.0 GiB
     # on the H100 (benchmarks/RESULTS.md, run 8) at the same speed. A user's own setting wins.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    from .environment import quiet_library_logs
+
+    quiet_library_logs()
 
 
 @cli.command()

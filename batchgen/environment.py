@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 from importlib import metadata
+
+
+def quiet_library_logs() -> None:
+    """bitsandbytes, imported by diffusers whenever installed, warns on CPUs with AVX512-BF16 that an
+    optional CPU 4-bit kernel is missing; batchgen runs nf4 on CUDA only, so it is noise in every process."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=1)

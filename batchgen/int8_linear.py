@@ -78,7 +78,8 @@ def _is_int8_layer(module: nn.Module) -> bool:
         import bitsandbytes as bnb
     except ImportError:
         return False
-    return isinstance(module, bnb.nn.Linear8bitLt)
+    # A layer that keeps its 16-bit weights (has_fp16_weights) holds no int8 copy to multiply from.
+    return isinstance(module, bnb.nn.Linear8bitLt) and not module.state.has_fp16_weights
 
 
 def convert(model: nn.Module) -> int:

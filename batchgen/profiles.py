@@ -208,11 +208,24 @@ def int8_kernel() -> str:
     return value
 
 
+_INT8_PRECISION_KERNEL = {"int8": "llm-int8", "int8-bf16": "dequant"}
+
+
 def int8_hint(precision: str) -> str:
-    """What to add to a message about `precision` when it was LLM.int8's and that kernel is not chosen."""
-    if precision.split("+", 1)[0] == "int8" and int8_kernel() != "llm-int8":
+    """What to add to a message about `precision` when it is the int8 profile's under the kernel that is
+    not chosen now (BATCHGEN_INT8_KERNEL); "" otherwise."""
+    wanted = _INT8_PRECISION_KERNEL.get(precision.split("+", 1)[0])
+    if wanted is None or wanted == int8_kernel():
+        return ""
+    if wanted == "llm-int8":
         return " (it was rendered with bitsandbytes' LLM.int8 kernel: set BATCHGEN_INT8_KERNEL=llm-int8 to use it again)"
-    return ""
+    return " (it was rendered with batchgen's int8 kernel: unset BATCHGEN_INT8_KERNEL to use it again)"
+
+
+def int8_kernel_switched(recorded: str, current: str) -> bool:
+    """Whether two precisions are the same recipe but for the int8 profile's kernel."""
+    (rb, _, rs), (cb, _, cs) = recorded.partition("+"), current.partition("+")
+    return rs == cs and rb != cb and {rb, cb} <= set(_INT8_PRECISION_KERNEL)
 
 
 def precision(profile: str, quality: bool = False, deterministic: bool = False, approximate: str | None = None) -> str:

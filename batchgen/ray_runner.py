@@ -31,8 +31,10 @@ class _RenderActor:
     """Lives on a Ray worker: its own Renderer, loaded once, reused for every job sent to it."""
 
     def __init__(self, config: dict):
+        from .environment import quiet_library_logs
         from .render import Renderer
 
+        quiet_library_logs()
         self.renderer = Renderer.from_config(config, cache_dir=None)
 
     def encode(self, texts: list[str]) -> None:
@@ -47,6 +49,8 @@ class _RenderActor:
             "max_sequence_length": loaded.max_sequence_length,
             "device_name": environment.device_name(self.renderer.device),
             "fingerprint": fingerprint.collect(self.renderer),
+            # What this actor renders at under its own settings (deterministic mode is not part of it).
+            "precision": self.renderer.precision,
         }
 
     def render(self, job: dict):
@@ -94,6 +98,14 @@ class RemoteRenderer:
         return rendered
 
 
+def forwarded_env(environ) -> dict[str, str]:
+    """What Ray actors get from this process's environment, which actors on another host do not inherit:
+    the allocator setting and batchgen's own (BATCHGEN_INT8_KERNEL decides pixels and job ids). Fault
+    injection stays with the tests that aim it."""
+    return {k: v for k, v in environ.items()
+            if k == "PYTORCH_CUDA_ALLOC_CONF" or (k.startswith("BATCHGEN_") and not k.startswith("BATCHGEN_FAULT"))}
+
+
 def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summary, address: str,
                actors: int | None, progress: bool, log):
     """Render the pending jobs of this pipeline on a Ray cluster; this process writes everything."""
@@ -102,8 +114,7 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
 
     ray = _ray()
     init = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
-    # Actors on another host do not inherit this process's environment: hand them the allocator setting.
-    forwarded = {k: os.environ[k] for k in ("PYTORCH_CUDA_ALLOC_CONF",) if k in os.environ}
+    forwarded = forwarded_env(os.environ)
     if forwarded:
         init["runtime_env"] = {"env_vars": forwarded}
     if address == "local":
@@ -130,6 +141,13 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     log(f"batchgen: {count} Ray actor(s) on {'GPUs' if gpus else 'CPUs'} at {address}")
     texts = store.pending_texts(model=manifest.model, precision=precision)
     descriptions = ray.get([h.describe.remote() for h in handles])
+    expected = precision.removesuffix("+deterministic")
+    for d in descriptions:
+        if d.get("precision", expected) != expected:
+            raise BatchgenError(
+                f"A Ray actor renders at precision {d['precision']}, this batch at {expected}: its settings differ "
+                "from this machine's (BATCHGEN_* variables or library versions); its frames would get other ids."
+            )
     ray.get([h.encode.remote(texts) for h in handles])
     renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
 

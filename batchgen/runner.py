@@ -163,10 +163,21 @@ def render_manifest(
             store.close()
 
 
+def _refuse_int8_kernel_switch(out: Path, store, model: str, precision: str) -> None:
+    """A folder started under one int8 kernel would otherwise get every job again under the other's ids."""
+    for recorded, count in store.precisions(model=model).items():
+        if profiles.int8_kernel_switched(recorded, precision):
+            raise BatchgenError(
+                f"{out} holds {count} job(s) at precision {recorded}, and this run would render the same batch "
+                f"again at {precision}{profiles.int8_hint(recorded)}. Or use another --out; nothing is overwritten."
+            )
+
+
 def _run(manifest, out, store, choice, precision, jobs, summary, device, progress, log, renderer_factory, workers=None,
          ray_address=None, ray_actors=None):
     from .render import Renderer
 
+    _refuse_int8_kernel_switch(out, store, manifest.model, precision)
     summary.added = store.add_jobs(jobs)
     stale = store.reset_running()
     verify.startup_check(out, store, log)

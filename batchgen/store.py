@@ -242,6 +242,11 @@ class Store:
             counts[status] = n
         return {"total": sum(counts.values()), **counts}
 
+    def precisions(self, *, model: str) -> dict[str, int]:
+        """How many jobs of `model` the folder holds at each precision."""
+        rows = self.db.execute("select precision, count(*) from jobs where model=? group by precision", (model,))
+        return dict(rows.fetchall())
+
     def pending_count(self, *, model: str, precision: str) -> int:
         return self.db.execute(
             "select count(*) from jobs where status='pending' and model=? and precision=?", (model, precision)

@@ -43,6 +43,9 @@ def main(argv: list[str]) -> int:
     from .runner import Interrupted, RunSummary, _SignalGuard, work_loop
     from .store import Store
 
+    from .environment import quiet_library_logs
+
+    quiet_library_logs()
     config = json.loads(argv[0])
     # Fault-injection tests aim BATCHGEN_FAULT at one worker only.
     only = os.environ.get("BATCHGEN_FAULT_WORKER")

@@ -139,3 +139,16 @@ def test_cli_turns_on_expandable_cuda_segments_unless_the_user_chose(monkeypatch
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
     assert run("validate", "--help").exit_code == 0
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+def test_cli_output_has_no_bitsandbytes_cpu_kernel_noise(tmp_path):
+    """bitsandbytes' warning about an optional CPU 4-bit kernel is not shown (batchgen never uses it)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    # doctor imports diffusers, which imports bitsandbytes whenever it is installed.
+    result = subprocess.run([sys.executable, "-m", "batchgen", "doctor"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert "Traceback" not in result.stderr and "CUDA" in result.stdout
+    assert "gemm_4bit_forward" not in result.stdout + result.stderr

@@ -142,3 +142,59 @@ def test_int8_frames_are_close_to_the_float_model(monkeypatch):
     assert frames.shape == reference.shape
     diff = np.abs(frames.astype(int) - reference.astype(int))
     assert diff.mean() < 1.0  # 0.4 measured; a 10% scale error gives 1.4, another seed 16.7
+
+
+def test_float32_inputs_multiply_with_the_exact_float32_weight():
+    torch.manual_seed(3)
+    layer = Int8Linear(_quantized(torch.nn.Linear(32, 16)))
+    x = torch.randn(4, 32)
+    weight = layer.weight_int8.float() * layer.weight_scale  # one float32 multiply, no bf16 rounding
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, weight, layer.bias))
+
+
+def test_layers_keeping_16_bit_weights_are_left_alone():
+    kept = bnb.nn.Linear8bitLt(8, 4, has_fp16_weights=True)
+    model = torch.nn.Sequential(kept, _quantized(torch.nn.Linear(4, 2)))
+    assert convert(model) == 1
+    assert model[0] is kept and isinstance(model[1], Int8Linear)
+
+
+def test_hints_point_both_ways_and_switches_are_detected(monkeypatch):
+    monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
+    assert "BATCHGEN_INT8_KERNEL=llm-int8" in profiles.int8_hint("int8+quality")
+    assert profiles.int8_hint("int8-bf16") == "" and profiles.int8_hint("bf16") == ""
+    monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
+    assert "unset BATCHGEN_INT8_KERNEL" in profiles.int8_hint("int8-bf16+pab")
+    assert profiles.int8_kernel_switched("int8", "int8-bf16")
+    assert profiles.int8_kernel_switched("int8-bf16+quality", "int8+quality")
+    assert not profiles.int8_kernel_switched("int8", "int8-bf16+quality")
+    assert not profiles.int8_kernel_switched("int8", "int8")
+    assert not profiles.int8_kernel_switched("fp8", "int8-bf16")
+
+
+def test_a_folder_started_under_the_other_int8_kernel_is_not_rendered_again(tmp_path, monkeypatch):
+    from batchgen.job import Job
+    from batchgen.runner import _refuse_int8_kernel_switch
+    from batchgen.store import Store
+
+    monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
+    store = Store(tmp_path)
+    try:
+        old = Job(prompt="a red fox", seed=1, num_frames=7, height=32, width=48, precision="int8")
+        store.add_jobs([old.with_(output_name=f"{old.job_id}.mp4")])
+        _refuse_int8_kernel_switch(tmp_path, store, "tiny", "fp32")  # other recipes may share a folder
+        with pytest.raises(BatchgenError, match="BATCHGEN_INT8_KERNEL=llm-int8") as err:
+            _refuse_int8_kernel_switch(tmp_path, store, "tiny", "int8-bf16")
+        assert "1 job(s) at precision int8" in str(err.value) and str(tmp_path) in str(err.value)
+        monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
+        _refuse_int8_kernel_switch(tmp_path, store, "tiny", "int8")
+    finally:
+        store.close()
+
+
+def test_ray_actors_get_batchgens_settings_but_not_fault_injection():
+    from batchgen.ray_runner import forwarded_env
+
+    env = {"BATCHGEN_INT8_KERNEL": "llm-int8", "BATCHGEN_FAULT": "x", "BATCHGEN_FAULT_WORKER": "w1",
+           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "HOME": "/root"}
+    assert forwarded_env(env) == {"BATCHGEN_INT8_KERNEL": "llm-int8", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
