@@ -45,6 +45,24 @@ def _int8_state(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return cb, scb
 
 
+def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`x @ (weight_int8 * scale).T + bias`, the weight dequantized to x's dtype (or given as `weight`,
+    already dequantized so). The one definition of the int8 profile's arithmetic: precomputed modulation
+    calls it too, so its outputs are those of the layers it replaces."""
+    if weight is None:
+        weight = dequantize(weight_int8, scale, x.dtype)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    return nn.functional.linear(x, weight, bias)
+
+
+def dequantize(weight_int8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # One kernel: int8 and the float32 scale are multiplied in float32 and rounded to `dtype` on store.
+    out = torch.empty(weight_int8.shape, dtype=dtype, device=weight_int8.device)
+    return torch.mul(weight_int8, scale, out=out)
+
+
 class Int8Linear(nn.Module):
     """A drop-in for a bitsandbytes Linear8bitLt: the same int8 weight, multiplied in the input's dtype."""
 
@@ -59,15 +77,10 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        # One kernel: int8 and the float32 scale are multiplied in float32 and rounded to `dtype` on store.
-        out = torch.empty(self.weight_int8.shape, dtype=dtype, device=self.weight_int8.device)
-        return torch.mul(self.weight_int8, self.weight_scale, out=out)
+        return dequantize(self.weight_int8, self.weight_scale, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias
-        if bias is not None and bias.dtype != x.dtype:
-            bias = bias.to(x.dtype)
-        return nn.functional.linear(x, self.dequantized(x.dtype), bias)
+        return int8_linear(x, self.weight_int8, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -27,11 +27,12 @@ _MISSING = object()
 
 def enabled(profile: str) -> bool:
     """Profiles that precompute modulation. BATCHGEN_PRECOMPUTE_MODULATION=0 turns it off, =1 also turns it
-    on for the cpu profile (tests). Compiled (`fast`) and bitsandbytes profiles keep the layers."""
+    on for the cpu profile (tests). Compiled (`fast`) and nf4 keep the layers; int8 detaches batchgen's int8
+    layers (int8_linear.py), not bitsandbytes' own."""
     setting = os.environ.get("BATCHGEN_PRECOMPUTE_MODULATION", "")
     if setting == "0":
         return False
-    if profile in ("resident", "group-offload", "fp8"):
+    if profile in ("resident", "group-offload", "fp8", "int8"):
         return True
     return setting == "1" and profile == "cpu"
 
@@ -56,10 +57,11 @@ class _Layer:
     key: tuple[int, str]  # (block index, norm attribute)
     norm: nn.Module
     attr: str  # "linear" or "linear_1"
-    weight: torch.Tensor  # pinned CPU copy
+    weight: torch.Tensor  # pinned CPU copy (int8 for the int8 profile's layers)
     bias: torch.Tensor | None
     # MochiLayerNormContinuous casts silu(temb) to the context stream's dtype before its linear.
     casts_to_context_dtype: bool
+    scale: torch.Tensor | None = None  # int8 layers: float32 row scales (batchgen.int8_linear)
 
 
 @dataclass
@@ -103,30 +105,41 @@ def detach(transformer: nn.Module) -> ModulationTable | None:
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None or not hasattr(transformer, "time_embed"):
         return None
+    from .int8_linear import Int8Linear
+
     found = []
     for i, block in enumerate(blocks):
         for norm_name in ("norm1", "norm1_context"):
             norm = getattr(block, norm_name, None)
             for attr in ("linear", "linear_1"):
                 layer = getattr(norm, attr, None) if norm is not None else None
-                if type(layer) is nn.Linear:  # a quantized or hooked layer would not reproduce here
+                # A hooked or bitsandbytes layer would not reproduce here; batchgen's int8 layers do.
+                if type(layer) in (nn.Linear, Int8Linear):
                     found.append(((i, norm_name), norm, attr, layer))
     if not found:
         return None
-    tensors = [t.detach() for *_, layer in found for t in (layer.weight, layer.bias) if t is not None]
+    tensors = [t.detach() for *_, layer in found for t in _tensors(layer) if t is not None]
     # One pinned buffer for all of them: pinning tensor by tensor rounds each up to a power of two and
     # took 13 s for the 5 GiB on the H100; pinned memory is what lets the per-job copies run at full speed.
     store = _host_buffers(tensors)
     table = ModulationTable()
     for key, norm, attr, layer in found:
         weight = store.pop(0)
+        scale = store.pop(0) if isinstance(layer, Int8Linear) else None
         bias = store.pop(0) if layer.bias is not None else None
-        table.layers.append(_Layer(key, norm, attr, weight, bias, attr == "linear_1"))
+        table.layers.append(_Layer(key, norm, attr, weight, bias, attr == "linear_1", scale))
     for layer in table.layers:
         setattr(layer.norm, layer.attr, _Lookup(table, layer.key))
     transformer._batchgen_modulation = table
     transformer._batchgen_modulation_hook = transformer.register_forward_pre_hook(table.advance)
     return table
+
+
+def _tensors(layer: nn.Module) -> tuple:
+    """What a detached layer keeps, in the order `detach` takes them back."""
+    if isinstance(layer, nn.Linear):
+        return (layer.weight, layer.bias)
+    return (layer.weight_int8, layer.weight_scale, layer.bias)
 
 
 def _host_buffers(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -202,16 +215,25 @@ def prepare(pipe, call: dict, key: tuple) -> float:
         conditioning.append((temb, context_out.dtype))
     device = conditioning[0][0].device if conditioning else torch.device("cpu")
     rows: list[dict] = [{} for _ in calls]
+    from .int8_linear import dequantize, int8_linear
+
     for layer in table.layers:
         weight = layer.weight.to(device, non_blocking=True)
         bias = None if layer.bias is None else layer.bias.to(device, non_blocking=True)
+        scale = None if layer.scale is None else layer.scale.to(device, non_blocking=True)
+        dequantized: dict = {}  # int8 layers: the weight in each input dtype, made once per job
         for row, (temb, context_dtype) in zip(rows, conditioning):
             x = layer.norm.silu(temb)
             if layer.casts_to_context_dtype:
                 x = x.to(context_dtype)
-            # nn.Linear.forward is exactly this call.
-            row[layer.key] = nn.functional.linear(x, weight, bias)
-        del weight, bias
+            if scale is None:
+                # nn.Linear.forward is exactly this call.
+                row[layer.key] = nn.functional.linear(x, weight, bias)
+            else:
+                if x.dtype not in dequantized:
+                    dequantized[x.dtype] = dequantize(weight, scale, x.dtype)
+                row[layer.key] = int8_linear(x, weight, scale, bias, weight=dequantized[x.dtype])
+        del weight, bias, scale, dequantized
     table.rows = rows
     table.key = key
     return time.perf_counter() - start

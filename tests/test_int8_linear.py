@@ -198,3 +198,34 @@ def test_ray_actors_get_batchgens_settings_but_not_fault_injection():
     env = {"BATCHGEN_INT8_KERNEL": "llm-int8", "BATCHGEN_FAULT": "x", "BATCHGEN_FAULT_WORKER": "w1",
            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "HOME": "/root"}
     assert forwarded_env(env) == {"BATCHGEN_INT8_KERNEL": "llm-int8", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+def _int8_tiny_frames(monkeypatch, precompute: str, jobs):
+    from batchgen.pipeline import build_tiny_pipeline
+    from batchgen.realsize import quantize_transformer_inplace
+    from batchgen.render import Renderer
+
+    monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
+    monkeypatch.setenv("BATCHGEN_PRECOMPUTE_MODULATION", precompute)
+    pipe = build_tiny_pipeline()
+    quantize_transformer_inplace(pipe.transformer, "int8")
+    profiles.prepare_denoiser(pipe, "int8", "cpu", quality=False)
+    renderer = Renderer("tiny", profile="cpu", device="cpu", progress=False, pipeline=pipe)
+    return pipe, [renderer.render(job).frames for job in jobs]
+
+
+def test_int8_modulation_is_precomputed_without_changing_a_pixel(monkeypatch):
+    from batchgen.job import Job
+    from batchgen.modulation import _Lookup
+
+    jobs = [Job(prompt="a red fox in snow", negative_prompt="blurry", seed=s, num_frames=7, height=32, width=48,
+                num_inference_steps=3) for s in (5, 6)]
+    plain_pipe, plain = _int8_tiny_frames(monkeypatch, "0", jobs)
+    pipe, precomputed = _int8_tiny_frames(monkeypatch, "", jobs)
+    assert getattr(plain_pipe.transformer, "_batchgen_modulation", None) is None
+    table = pipe.transformer._batchgen_modulation
+    assert table.layers and all(layer.scale is not None and layer.weight.dtype == torch.int8 for layer in table.layers)
+    assert isinstance(pipe.transformer.transformer_blocks[0].norm1.linear, _Lookup)
+    for a, b in zip(plain, precomputed):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(precomputed[0], precomputed[1])

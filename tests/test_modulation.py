@@ -81,7 +81,7 @@ def test_unprepared_or_overrun_table_raises(monkeypatch):
 
 @pytest.mark.parametrize(
     "profile,expected",
-    [("resident", True), ("group-offload", True), ("fp8", True), ("fast", False), ("nf4", False), ("int8", False),
+    [("resident", True), ("group-offload", True), ("fp8", True), ("fast", False), ("nf4", False), ("int8", True),
      ("offload", False), ("cpu", False)],
 )
 def test_which_profiles_precompute(monkeypatch, profile, expected):
