@@ -11,8 +11,8 @@ does. The weights take the same int8 memory between layers; one layer's bf16 cop
 Mochi) exists at a time. Activations are never quantized, so this is also closer to bf16 than LLM.int8.
 
 The dequantized weight is bitsandbytes' own dequantization (int8 * absmax / 127) rounded once to bf16,
-one float32 multiply per element: the same on every machine. Records rendered with LLM.int8 (precision "int8") render again with
-BATCHGEN_INT8_KERNEL=llm-int8.
+one float32 multiply per element: the same on every machine. Records rendered with LLM.int8 (precision
+"int8") render again with BATCHGEN_INT8_KERNEL=llm-int8.
 """
 
 from __future__ import annotations

@@ -399,14 +399,14 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     from . import modulation
 
     transformer = pipe.transformer
-    if profile == "int8" and _is_quantized(transformer) and not getattr(transformer, "_batchgen_int8_linears", 0):
-        if int8_kernel() == "dequant":
-            from .int8_linear import convert
+    if (profile == "int8" and _is_quantized(transformer) and not getattr(transformer, "_batchgen_int8_linears", 0)
+            and int8_kernel() == "dequant"):
+        from .int8_linear import convert
 
-            transformer._batchgen_int8_linears = convert(transformer)
-    if modulation.enabled(profile) and (not _is_quantized(transformer) or getattr(transformer, "_batchgen_int8_linears", 0)):
-        # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py). Of the
-        # quantized models only batchgen's int8 layers can be detached; bitsandbytes' stay.
+        transformer._batchgen_int8_linears = convert(transformer)
+    if modulation.enabled(profile):
+        # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py). detach takes
+        # plain and batchgen's int8 layers only, so bitsandbytes' own (LLM.int8) stay where they are.
         modulation.detach(transformer)
     if profile == "cpu":
         pipe.to("cpu")

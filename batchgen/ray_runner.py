@@ -143,7 +143,7 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     descriptions = ray.get([h.describe.remote() for h in handles])
     expected = precision.removesuffix("+deterministic")
     for d in descriptions:
-        if d.get("precision", expected) != expected:
+        if d["precision"] != expected:
             raise BatchgenError(
                 f"A Ray actor renders at precision {d['precision']}, this batch at {expected}: its settings differ "
                 "from this machine's (BATCHGEN_* variables or library versions); its frames would get other ids."
