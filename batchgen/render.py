@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import approximate, modulation, profiles
+from . import approximate, files, modulation, profiles
 from .job import Job
 from .pipeline import LoadedPipeline, load_pipeline
 
@@ -189,7 +189,10 @@ class Renderer:
                 path = self._cache_path(text)
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
+                    # A temporary name of this process's own: worker processes sharing OUT cache the same
+                    # texts, and one's rename must not take away the file another is about to rename.
+                    # (Not files.publish: its fault point counts video publications for the crash tests.)
+                    tmp = files.temp_path(path)
                     torch.save({"embeds": embeds, "mask": mask}, tmp)
                     tmp.replace(path)
 

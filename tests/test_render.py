@@ -62,3 +62,37 @@ def test_missing_model_folder_and_uncached_hub_id_are_explained(tmp_path, monkey
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache"):
         load_pipeline("genmo/mochi-1-preview")
+
+
+def test_two_workers_caching_the_same_embedding_do_not_trip_over_each_other(tmp_path, monkeypatch):
+    """Worker processes share OUT/cache/embeddings and encode the same texts: one's write of an entry may land
+    between the other's write and rename of the same entry (seen in the multi-worker tests)."""
+    import os
+
+    import torch
+
+    cache = tmp_path / "cache"
+    real_save = torch.save
+    other = Renderer("tiny", cache_dir=cache, progress=False)
+    raced = []
+
+    def save_then_race(obj, target, *args, **kwargs):
+        real_save(obj, target, *args, **kwargs)
+        if not raced:
+            raced.append(target)
+            # The other worker, a process of its own, caches the same text right now.
+            pid = os.getpid()
+            monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+            try:
+                other.encode(["a red fox"])
+            finally:
+                monkeypatch.setattr(os, "getpid", lambda: pid)
+
+    monkeypatch.setattr(torch, "save", save_then_race)
+    mine = Renderer("tiny", cache_dir=cache, progress=False)
+    mine.encode(["a red fox"])
+    assert raced
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    assert len(entries) == 1 and entries[0].suffix == ".pt"  # one entry, no temporary file left
+    loaded = torch.load(entries[0])
+    assert torch.equal(loaded["embeds"], mine._embeds["a red fox"][0])
