@@ -1,3 +1,3 @@
-from .cli import main
+from batchgen.cli import main
 
 main()

@@ -1,4 +1,4 @@
-"""Speed-up and output difference of the opt-in approximate accelerators (batchgen.approximate) against
+"""Speed-up and output difference of the opt-in approximate accelerators (batchgen.engine.approximate) against
 the exact render of the same job, on the real-size Mochi pipeline with random weights.
 
 One job (same prompt, seed, size, steps) is rendered exact and then under each accelerator with one
@@ -53,9 +53,9 @@ def _difference(a: np.ndarray, b: np.ndarray) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    from batchgen import approximate
+    from batchgen.engine import approximate
     from batchgen.job import Job
-    from batchgen.render import Renderer
+    from batchgen.engine.renderer import Renderer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="exact,pab,first-block-cache,first-block-cache:0.1")
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         pipe = None
         model = "tiny"
     else:
-        from batchgen.realsize import build_realsize_pipeline
+        from batchgen.engine.realsize import build_realsize_pipeline
 
         pipe, model = build_realsize_pipeline("cuda"), "realsize"
     renderer = Renderer(model, profile=args.profile, device="cpu" if args.tiny else "cuda", progress=False,

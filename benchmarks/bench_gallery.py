@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchgen import gallery
+from batchgen.outputs import gallery
 from batchgen.job import Job
 from batchgen.store import Store
 

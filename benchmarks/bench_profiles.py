@@ -1,7 +1,7 @@
 """Peak VRAM, s/step and per-video wall time of every memory profile on the real-size Mochi 1 pipeline.
 
-Random weights at the published sizes (batchgen.realsize), built on the GPU. Each recipe renders a batch
-of `--jobs` jobs (two prompts, CFG on) through `batchgen.render.Renderer`, exactly as a batch run does;
+Random weights at the published sizes (batchgen.engine.realsize), built on the GPU. Each recipe renders a batch
+of `--jobs` jobs (two prompts, CFG on) through `batchgen.engine.renderer.Renderer`, exactly as a batch run does;
 the seed recipes call diffusers' MochiPipeline directly, one `pipe(prompt=...)` per job, as the seed did.
 
 Timing (printed and saved per recipe):
@@ -114,10 +114,10 @@ def _job_list(args):
 
 def _build(args, *, transformer_on_meta=False):
     if args.tiny:
-        from batchgen.pipeline import build_tiny_pipeline
+        from batchgen.engine.loading import build_tiny_pipeline
 
         return build_tiny_pipeline()
-    from batchgen.realsize import build_realsize_pipeline
+    from batchgen.engine.realsize import build_realsize_pipeline
 
     return build_realsize_pipeline("cuda", transformer_on_meta=transformer_on_meta)
 
@@ -126,8 +126,8 @@ def run_profile(args, profile: str) -> dict:
     """A batch through batchgen's Renderer, as `batchgen run --profile PROFILE` would render it."""
     import torch
 
-    from batchgen import profiles
-    from batchgen.render import Renderer
+    from batchgen.engine import profiles
+    from batchgen.engine.renderer import Renderer
 
     cuda = not args.tiny
     device = "cuda" if cuda else "cpu"
@@ -155,7 +155,7 @@ def run_profile(args, profile: str) -> dict:
     if cuda:
         # The 20 GB transformer is created now rather than "loaded": only the text phase is over.
         profiles.release_text_encoder(pipe)
-        from batchgen.realsize import materialize_transformer, quantize_transformer_inplace
+        from batchgen.engine.realsize import materialize_transformer, quantize_transformer_inplace
 
         materialize_transformer(pipe, "cuda")
         if profile in ("int8", "nf4"):
@@ -198,7 +198,7 @@ def run_profile(args, profile: str) -> dict:
         "encode_peak_allocated_gib": _gib(encode_peak[0]),
         "encode_peak_reserved_gib": _gib(encode_peak[1]),
         "resident_blocks": getattr(pipe.transformer, "_batchgen_resident_blocks", None),
-        # AdaLN parameters kept off the GPU by precomputed modulation (batchgen/modulation.py); 0 when off.
+        # AdaLN parameters kept off the GPU by precomputed modulation (batchgen/engine/modulation.py); 0 when off.
         "modulation_params_off_gpu": getattr(getattr(pipe.transformer, "_batchgen_modulation", None), "parameters_held", 0),
     }
     result = _summarize(profile, out, args.steps, encode_s + place_s, extra)
@@ -219,7 +219,7 @@ def run_seed(args, recipe: str) -> dict:
         pipe.to(device)
     else:
         if recipe == "seed-int8-offload-tiling" and cuda:
-            from batchgen.realsize import quantize_transformer_inplace
+            from batchgen.engine.realsize import quantize_transformer_inplace
 
             quantize_transformer_inplace(pipe.transformer, "int8")
             # As measured in the seed: the int8 transformer stays on the GPU beside T5.

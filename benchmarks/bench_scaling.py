@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.gpus:
-        from batchgen.workers import parse_gpus
+        from batchgen.run.local_pool import parse_gpus
 
         gpus = parse_gpus(args.gpus)
         n, n_jobs = len(gpus), args.jobs_per_gpu * len(gpus)

@@ -1,14 +1,14 @@
 """Speed of Mochi 1's denoiser under batchgen's exact fast path: attention kernels, processors, torch.compile.
 
-Real-size random weights (batchgen.realsize), bf16, CFG (batch 2), 480x848. Stages, in priority order, each
+Real-size random weights (batchgen.engine.realsize), bf16, CFG (batch 2), 480x848. Stages, in priority order, each
 saved to the JSON as soon as it is measured (a run cut short keeps what it has):
 
-1. attn: the joint attention alone at each frame count, every backend of batchgen.attention plus
+1. attn: the joint attention alone at each frame count, every backend of batchgen.engine.attention plus
    diffusers' per-sample loop; TFLOP/s over the valid tokens and the largest difference from diffusers.
 2. steps: one transformer forward (= one denoising step with CFG) per variant and frame count:
    - diffusers: diffusers' MochiAttnProcessor2_0, eager (today's default)
    - batchgen:  BatchgenMochiAttnProcessor (backend chosen by stage 1, or --backend), eager
-   - compiled:  the same + batchgen.compile.compile_blocks (fullgraph, dynamic=False)
+   - compiled:  the same + batchgen.engine.compile.compile_blocks (fullgraph, dynamic=False)
    - diffusers-flash: diffusers' processor on the FlashAttention-2 kernel instead of torch's default: an
      equally exact computation, whose difference from `diffusers` is the bf16 noise floor that the
      differences of the other variants are to be judged against
@@ -21,7 +21,7 @@ saved to the JSON as soon as it is measured (a run cut short keeps what it has):
    where the overhead per step is measured by a real `pipe(...)` call of a few steps (its time per step
    minus the transformer's), decode/postprocess/write by running them once on one 25-frame latent.
 4. e2e (not in the default stages): the same batch for real, through batchgen's Renderer (resident) with
-   the processor and compiled blocks, each video written with batchgen.video.write_mp4: measured.
+   the processor and compiled blocks, each video written with batchgen.outputs.video.write_mp4: measured.
 
 FLOP per step (model FLOP, printed with its formula): 2 * (linear MACs) + attention, for both CFG samples:
 per block, per video token 4*d^2 (q,k,v,out) + 3*d*f (SwiGLU ff, f = 8d/3); per text token (all 256 slots,
@@ -144,7 +144,7 @@ def env_info(cuda: bool) -> dict:
     import diffusers
     import torch
 
-    from batchgen import attention
+    from batchgen.engine import attention
 
     info = {
         "python": platform.python_version(),
@@ -187,7 +187,7 @@ def bench_attention(args, frames: int, heads: int, head_dim: int, tokens_per_fra
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from batchgen import attention
+    from batchgen.engine import attention
 
     clock = Clock(device.type == "cuda")
     latent_frames = (frames - 1) // 6 + 1
@@ -233,9 +233,9 @@ def bench_attention(args, frames: int, heads: int, head_dim: int, tokens_per_fra
 
 
 def fastest_exact(attn_rows: list[dict], tol: float = 2e-2) -> str | None:
-    """The backend of batchgen.attention with the lowest time at the largest frame count, among those that
+    """The backend of batchgen.engine.attention with the lowest time at the largest frame count, among those that
     agree with diffusers' loop to bf16 precision."""
-    from batchgen import attention
+    from batchgen.engine import attention
 
     if not attn_rows:
         return None
@@ -273,7 +273,8 @@ def step_inputs(transformer, frames: int, height: int, width: int, device, dtype
 def bench_steps(args, transformer, frames: int, variant: str, backend: str, device, dtype, refs: dict) -> dict:
     import torch
 
-    from batchgen import attention, compile as bcompile
+    from batchgen.engine import attention
+    from batchgen.engine import compile as bcompile
 
     cuda = device.type == "cuda"
     clock = Clock(cuda)
@@ -294,7 +295,7 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
         used = attention.install(transformer, backend)
         if variant == "fp8-compiled":
             # The fp8-fast profile: fp8 multiplies in the blocks' linears, compiled; undone after measuring.
-            from batchgen import fp8_matmul
+            from batchgen.engine import fp8_matmul
 
             bcompile.uncompile_blocks(transformer)
             fp8_matmul.convert_blocks(transformer, keep_originals=True)
@@ -329,7 +330,7 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
     if variant in ("compiled", "fp8-compiled"):
         row["compile_s"] = round(first_s - s_step, 2)
     if variant == "fp8-compiled":
-        from batchgen import fp8_matmul
+        from batchgen.engine import fp8_matmul
 
         bcompile.uncompile_blocks(transformer)
         fp8_matmul.restore_blocks(transformer)
@@ -346,8 +347,9 @@ def bench_wall(args, pipe, backend: str, steps_rows: list[dict], device, dtype) 
     import numpy as np
     import torch
 
-    from batchgen import attention, compile as bcompile
-    from batchgen.render import decode_latents, to_uint8
+    from batchgen.engine import attention
+    from batchgen.engine import compile as bcompile
+    from batchgen.engine.renderer import decode_latents, to_uint8
 
     cuda = device.type == "cuda"
     clock = Clock(cuda)
@@ -413,7 +415,7 @@ def bench_wall(args, pipe, backend: str, steps_rows: list[dict], device, dtype) 
     out["postprocess_s"] = round(post_s, 3)
     out["frames_shape"] = list(frames_u8.shape)
     try:
-        from batchgen.video import write_mp4
+        from batchgen.outputs.video import write_mp4
 
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -441,10 +443,11 @@ def bench_e2e(args, pipe, backend: str) -> dict:
     compiled blocks, each video written as MP4 as the runner does: measured, not extrapolated."""
     import torch
 
-    from batchgen import attention, compile as bcompile
+    from batchgen.engine import attention
+    from batchgen.engine import compile as bcompile
     from batchgen.job import Job
-    from batchgen.render import Renderer
-    from batchgen.video import write_mp4
+    from batchgen.engine.renderer import Renderer
+    from batchgen.outputs.video import write_mp4
 
     cuda = not args.tiny
     prompts = ["a red fox running through fresh snow, golden hour", "a paper boat drifting down a rainy street",
@@ -492,10 +495,10 @@ def build(args):
     import torch
 
     if args.tiny:
-        from batchgen.pipeline import build_tiny_pipeline
+        from batchgen.engine.loading import build_tiny_pipeline
 
         return build_tiny_pipeline(), torch.device("cpu"), torch.float32
-    from batchgen.realsize import build_realsize_pipeline
+    from batchgen.engine.realsize import build_realsize_pipeline
 
     pipe = build_realsize_pipeline("cuda")
     pipe.text_encoder.to("cpu")  # encoded first and parked, as a batch does; back for stage 3
@@ -631,7 +634,7 @@ def main(argv=None) -> int:
             save()
     if backend == "fastest":
         backend = fastest_exact(report.get("attn", [])) or "auto"
-    from batchgen import attention
+    from batchgen.engine import attention
 
     report["auto_choice"] = attention.choose_backend(device, dtype)
     report["backend"] = backend

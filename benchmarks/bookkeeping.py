@@ -73,9 +73,10 @@ def write_manifest(folder: Path, jobs: int) -> Path:
 
 def run(folder: Path, jobs: int) -> dict:
     """Validate, then do every job's bookkeeping; returns timings (seconds) and what was written."""
-    from batchgen import index, verify
+    from batchgen.outputs import metadata_index as index
+    from batchgen.outputs import verify
     from batchgen.manifest import load_manifest
-    from batchgen.runner import video_path
+    from batchgen.run.supervisor import video_path
     from batchgen.store import Store, now
 
     manifest_path = write_manifest(folder, jobs)

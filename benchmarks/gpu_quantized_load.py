@@ -1,5 +1,5 @@
 """The production int8/nf4 path on a GPU: a saved pipeline loaded through `MochiPipeline.from_pretrained`
-with diffusers' PipelineQuantizationConfig (batchgen.profiles.load_kwargs), then rendered twice.
+with diffusers' PipelineQuantizationConfig (batchgen.engine.profiles.load_kwargs), then rendered twice.
 
 No real checkpoint can be downloaded here, so the tiny random pipeline is saved with `save_pretrained`
 and loaded back through exactly the code `batchgen render` uses for a local folder or hub id.
@@ -25,8 +25,8 @@ def main(argv=None) -> int:
     import torch
 
     from batchgen.job import Job
-    from batchgen.pipeline import build_tiny_pipeline
-    from batchgen.render import Renderer
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.renderer import Renderer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profiles", default="int8,nf4")

@@ -67,12 +67,12 @@ def _free() -> None:
 
 def _renderer(args, profile: str):
     """A Renderer for `profile`, with its texts encoded and its denoiser placed."""
-    from batchgen import profiles
-    from batchgen.render import Renderer
+    from batchgen.engine import profiles
+    from batchgen.engine.renderer import Renderer
 
     device = "cpu" if args.tiny else (args.device or "cuda")
     if args.realsize:
-        from batchgen.realsize import build_realsize_pipeline, materialize_transformer, quantize_transformer_inplace
+        from batchgen.engine.realsize import build_realsize_pipeline, materialize_transformer, quantize_transformer_inplace
 
         pipe = build_realsize_pipeline(device, transformer_on_meta=True)
         if profile in profiles._STREAM_TEXT_ENCODER:
@@ -105,7 +105,8 @@ def _max_abs(a, b) -> int | None:
 
 
 def run_profile(args, profile: str, job) -> dict:
-    from batchgen import determinism, fingerprint
+    from batchgen.engine import determinism
+    from batchgen.engine import fingerprint
 
     result: dict = {"profile": profile}
     try:
@@ -166,7 +167,7 @@ def _line(r: dict) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse(argv if argv is not None else sys.argv[1:])
-    from batchgen import determinism
+    from batchgen.engine import determinism
 
     if args.deterministic or args.deterministic_cost:
         determinism.prepare_env()  # before torch touches CUDA

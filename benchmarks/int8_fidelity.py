@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     import torch
     from diffusers import MochiTransformer3DModel
 
-    from batchgen import int8_linear, profiles
-    from batchgen.realsize import _default_dtype, _randomize, quantize_transformer_inplace
+    from batchgen.engine import int8_linear
+    from batchgen.engine import profiles
+    from batchgen.engine.realsize import _default_dtype, _randomize, quantize_transformer_inplace
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4)

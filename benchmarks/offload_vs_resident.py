@@ -33,10 +33,10 @@ def run(profile: str, frames: int, steps: int) -> dict:
 
     import torch
 
-    from batchgen import render as render_module
+    from batchgen.engine import renderer as render_module
     from batchgen.job import Job
-    from batchgen.realsize import build_realsize_pipeline
-    from batchgen.render import Renderer
+    from batchgen.engine.realsize import build_realsize_pipeline
+    from batchgen.engine.renderer import Renderer
 
     pipe = build_realsize_pipeline("cuda")
     if profile == "offload":

@@ -2,10 +2,8 @@
 
 from pathlib import Path
 
-from batchgen.index import read as read_index
-from batchgen.manifest import load_manifest
-from batchgen.render import Renderer
-from batchgen.runner import render_manifest
+from batchgen import Renderer, load_manifest, render_manifest
+from batchgen.outputs.metadata_index import read as read_index
 
 here = Path(__file__).parent
 

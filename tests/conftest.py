@@ -37,7 +37,7 @@ def run_cli(*args):
     """Drive the CLI in-process, as a user would from a shell; exceptions propagate to the test."""
     from click.testing import CliRunner
 
-    from batchgen.cli import cli
+    from batchgen.cli.app import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 

@@ -48,10 +48,10 @@ RUN_POINTS = ["metadata.jsonl_synced"]
 # -- the server --------------------------------------------------------------------------------------
 def _serve() -> None:
     # The expensive imports, done once; importing runs no torch operation, so forking stays safe.
-    import batchgen.cli as cli
-    import batchgen.fingerprint  # noqa: F401
-    import batchgen.render  # noqa: F401
-    import batchgen.runner  # noqa: F401
+    import batchgen.cli.app as cli
+    import batchgen.engine.fingerprint  # noqa: F401
+    import batchgen.engine.renderer  # noqa: F401
+    import batchgen.run.supervisor  # noqa: F401
     import imageio_ffmpeg  # noqa: F401
     import torch  # noqa: F401
     import tqdm  # noqa: F401
@@ -191,7 +191,7 @@ def check_after_kill(out: Path) -> State:
 
 def check_after_resume(out: Path, before: State, reference: dict[str, str]) -> None:
     """After a clean resume: every job done exactly once, every file whole, nothing temporary left."""
-    from batchgen.index import read as read_index
+    from batchgen.outputs.metadata_index import read as read_index
 
     conn = _db(out)
     try:
@@ -224,14 +224,14 @@ def check_after_resume(out: Path, before: State, reference: dict[str, str]) -> N
 
 
 def _sha(path: Path) -> str:
-    from batchgen.files import sha256_file
+    from batchgen.outputs.atomic import sha256_file
 
     return sha256_file(path)
 
 
 def reference_run(lab: Lab, manifest: Path, out: Path) -> tuple[dict[str, str], float]:
     """An uninterrupted run: the checksum of every job, and how long a whole run takes."""
-    from batchgen.video import read_mp4
+    from batchgen.outputs.video import read_mp4
 
     code, output, seconds = lab.render(manifest, out)
     assert code == 0, output

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from batchgen import index
-from batchgen.files import sha256_file
+from batchgen.outputs import metadata_index as index
+from batchgen.outputs.atomic import sha256_file
 from batchgen.job import Job
-from batchgen.naming import safe_file_stem
+from batchgen.outputs.naming import safe_file_stem
 from batchgen.store import Store
-from batchgen.video import write_mp4
+from batchgen.outputs.video import write_mp4
 
 FRAMES, HEIGHT, WIDTH, FPS = 7, 32, 48, 8
 

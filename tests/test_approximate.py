@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from batchgen import approximate, profiles
+from batchgen.engine import approximate
+from batchgen.engine import profiles
 from conftest import run_cli, small_yaml, write_manifest
 
 
@@ -84,7 +85,7 @@ def test_manifest_field_and_its_errors(tmp_path):
 
 def test_a_job_that_failed_mid_denoise_leaves_no_cache_state_behind():
     from batchgen.job import Job
-    from batchgen.render import Renderer
+    from batchgen.engine.renderer import Renderer
 
     job = Job("a red fox in snow", "blurry", seed=4, num_frames=7, height=32, width=48, num_inference_steps=8)
 

@@ -1,11 +1,11 @@
-"""batchgen.attention's processor computes what diffusers' MochiAttnProcessor2_0 computes, on the tiny model."""
+"""batchgen.engine.attention's processor computes what diffusers' MochiAttnProcessor2_0 computes, on the tiny model."""
 
 import numpy as np
 import pytest
 import torch
 
-from batchgen import attention
-from batchgen.pipeline import build_tiny_pipeline
+from batchgen.engine import attention
+from batchgen.engine.loading import build_tiny_pipeline
 
 CPU_BACKENDS = ("sdpa", "prefix")
 

@@ -3,11 +3,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from batchgen import render as render_module
-from batchgen.cli import cli
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
-from batchgen.video import read_mp4
+from batchgen.engine import renderer as render_module
+from batchgen.cli.app import cli
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
+from batchgen.outputs.video import read_mp4
 from conftest import run_cli as run
 from conftest import small_yaml
 

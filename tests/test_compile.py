@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from batchgen import attention
-from batchgen import compile as bcompile
-from batchgen.pipeline import build_tiny_pipeline
+from batchgen.engine import attention
+from batchgen.engine import compile as bcompile
+from batchgen.engine.loading import build_tiny_pipeline
 
 
 @pytest.fixture

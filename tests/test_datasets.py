@@ -5,8 +5,8 @@ from pathlib import Path
 import datasets
 from click.testing import CliRunner
 
-from batchgen.cli import cli
-from batchgen.index import read as read_index
+from batchgen.cli.app import cli
+from batchgen.outputs.metadata_index import read as read_index
 from conftest import small_yaml
 
 

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import constants
 
-from batchgen import doctor
-from batchgen.cli import cli
+from batchgen.engine import doctor
+from batchgen.cli.app import cli
 from fakerun import make_run
 
 GiB = 2**30
@@ -69,7 +69,7 @@ def gpu(free_gib, total_gib=80, capability=(9, 0)):
 
 
 def test_profiles_that_fit_follow_free_memory():
-    # Needs come from batchgen.profiles' memory model, which is tuned as measurements come in.
+    # Needs come from batchgen.engine.profiles' memory model, which is tuned as measurements come in.
     needs = doctor.profile_needs()
     longest, short = list(doctor.SIZES)
     resident = needs["resident"][longest]

@@ -5,10 +5,10 @@ import tarfile
 import pytest
 from click.testing import CliRunner
 
-from batchgen import export as export_module
-from batchgen.cli import cli
-from batchgen.export import ExportError, export
-from batchgen.files import sha256_file
+from batchgen.outputs import export as export_module
+from batchgen.cli.app import cli
+from batchgen.outputs.export import ExportError, export
+from batchgen.outputs.atomic import sha256_file
 from fakerun import make_run
 
 VBENCH_SPECS = [

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import batchgen.index as index_module
-import batchgen.video as video_module
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
-from batchgen.lock import FolderLock
+import batchgen.outputs.metadata_index as index_module
+import batchgen.outputs.video as video_module
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
+from batchgen.run.lock import FolderLock
 from conftest import render_small_batch, small_yaml
 from conftest import run_cli as run
 

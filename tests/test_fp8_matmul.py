@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from batchgen import fp8_matmul, profiles
+from batchgen.engine import fp8_matmul
+from batchgen.engine import profiles
 from batchgen.errors import BatchgenError
-from batchgen.fp8_matmul import Fp8Linear, convert_blocks
+from batchgen.engine.fp8_matmul import Fp8Linear, convert_blocks
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -32,7 +33,7 @@ def test_fp8_linear_tracks_the_bf16_layer(bias):
 
 
 def test_convert_blocks_swaps_only_the_block_linears(monkeypatch):
-    from batchgen.pipeline import build_tiny_pipeline
+    from batchgen.engine.loading import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     transformer = pipe.transformer
@@ -48,7 +49,7 @@ def test_convert_blocks_swaps_only_the_block_linears(monkeypatch):
 
 
 def test_fp8_fast_is_refused_where_fp8_tensor_cores_are_missing(monkeypatch):
-    import batchgen.fp8_matmul as mod
+    import batchgen.engine.fp8_matmul as mod
 
     monkeypatch.setattr(mod, "supported", lambda device: "fp8 matrix multiplies need an Ada (8.9) or Hopper (9.0) GPU")
     with pytest.raises(BatchgenError, match="profile 'fp8-fast': fp8 matrix multiplies need an Ada"):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchgen import gallery
-from batchgen.cli import cli
-from batchgen.index import read as read_index
+from batchgen.outputs import gallery
+from batchgen.cli.app import cli
+from batchgen.outputs.metadata_index import read as read_index
 from conftest import small_yaml
 from fakerun import make_run
 

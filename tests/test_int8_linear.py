@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from batchgen import profiles
+from batchgen.engine import profiles
 from batchgen.errors import BatchgenError
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from batchgen.int8_linear import Int8Linear, convert  # noqa: E402
+from batchgen.engine.int8_linear import Int8Linear, convert  # noqa: E402
 
 
 def _quantized(linear: torch.nn.Linear) -> torch.nn.Module:
@@ -85,8 +85,8 @@ def test_int8_precision_names_its_kernel(monkeypatch):
 
 
 def test_prepare_denoiser_converts_a_quantized_transformer(monkeypatch):
-    from batchgen.pipeline import build_tiny_pipeline
-    from batchgen.realsize import quantize_transformer_inplace
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.realsize import quantize_transformer_inplace
 
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
     pipe = build_tiny_pipeline()
@@ -98,8 +98,8 @@ def test_prepare_denoiser_converts_a_quantized_transformer(monkeypatch):
 
 
 def test_prepare_denoiser_keeps_llm_int8_when_asked(monkeypatch):
-    from batchgen.pipeline import build_tiny_pipeline
-    from batchgen.realsize import quantize_transformer_inplace
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.realsize import quantize_transformer_inplace
 
     monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
     pipe = build_tiny_pipeline()
@@ -128,9 +128,9 @@ def test_llm_int8_records_say_how_to_render_them_again(tmp_path, monkeypatch):
 def test_int8_frames_are_close_to_the_float_model(monkeypatch):
     """The tiny pipeline renders nearly the same frames from int8 weights as from its float ones."""
     from batchgen.job import Job
-    from batchgen.pipeline import build_tiny_pipeline
-    from batchgen.realsize import quantize_transformer_inplace
-    from batchgen.render import Renderer
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.realsize import quantize_transformer_inplace
+    from batchgen.engine.renderer import Renderer
 
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
     job = Job(prompt="a red fox in snow", seed=5, num_frames=7, height=32, width=48, num_inference_steps=3)
@@ -174,7 +174,7 @@ def test_hints_point_both_ways_and_switches_are_detected(monkeypatch):
 
 def test_a_folder_started_under_the_other_int8_kernel_is_not_rendered_again(tmp_path, monkeypatch):
     from batchgen.job import Job
-    from batchgen.runner import _refuse_int8_kernel_switch
+    from batchgen.run.supervisor import _refuse_int8_kernel_switch
     from batchgen.store import Store
 
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
@@ -193,7 +193,7 @@ def test_a_folder_started_under_the_other_int8_kernel_is_not_rendered_again(tmp_
 
 
 def test_ray_actors_get_batchgens_settings_but_not_fault_injection():
-    from batchgen.ray_runner import forwarded_env
+    from batchgen.run.ray_pool import forwarded_env
 
     env = {"BATCHGEN_INT8_KERNEL": "llm-int8", "BATCHGEN_FAULT": "x", "BATCHGEN_FAULT_WORKER": "w1",
            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "HOME": "/root"}
@@ -201,9 +201,9 @@ def test_ray_actors_get_batchgens_settings_but_not_fault_injection():
 
 
 def _int8_tiny_frames(monkeypatch, precompute: str, jobs):
-    from batchgen.pipeline import build_tiny_pipeline
-    from batchgen.realsize import quantize_transformer_inplace
-    from batchgen.render import Renderer
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.realsize import quantize_transformer_inplace
+    from batchgen.engine.renderer import Renderer
 
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
     monkeypatch.setenv("BATCHGEN_PRECOMPUTE_MODULATION", precompute)
@@ -216,7 +216,7 @@ def _int8_tiny_frames(monkeypatch, precompute: str, jobs):
 
 def test_int8_modulation_is_precomputed_without_changing_a_pixel(monkeypatch):
     from batchgen.job import Job
-    from batchgen.modulation import _Lookup
+    from batchgen.engine.modulation import _Lookup
 
     jobs = [Job(prompt="a red fox in snow", negative_prompt="blurry", seed=s, num_frames=7, height=32, width=48,
                 num_inference_steps=3) for s in (5, 6)]

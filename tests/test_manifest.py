@@ -6,7 +6,7 @@ import pytest
 
 from batchgen.errors import ManifestError
 from batchgen.job import JOB_DEFAULTS, JOB_FIELDS, Job
-from batchgen.manifest import (
+from batchgen.manifest.parse import (
     PROFILES,
     TOP_LEVEL_KEYS,
     Entry,
@@ -762,6 +762,6 @@ def test_pathological_prompt_names(tmp_path):
 def test_no_heavy_imports():
     import subprocess
 
-    code = "import sys, batchgen.manifest; print(any(m in sys.modules for m in ('torch', 'diffusers', 'click')))"
+    code = "import sys, batchgen.manifest.parse; print(any(m in sys.modules for m in ('torch', 'diffusers', 'click')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from batchgen import modulation, profiles
+from batchgen.engine import modulation
+from batchgen.engine import profiles
 from batchgen.job import Job
-from batchgen.render import Renderer
+from batchgen.engine.renderer import Renderer
 
 JOBS = [
     Job("a fox", "blurry", seed=1, num_frames=13, height=64, width=96, num_inference_steps=4),

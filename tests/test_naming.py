@@ -2,7 +2,7 @@ import unicodedata
 
 import pytest
 
-from batchgen.naming import MAX_STEM_BYTES, render_output_name, safe_file_stem
+from batchgen.outputs.naming import MAX_STEM_BYTES, render_output_name, safe_file_stem
 
 FORBIDDEN = set('/\\:*?"<>|')
 RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
@@ -171,7 +171,7 @@ def test_always_safe(name):
 
 
 def test_bidirectional_controls_cannot_disguise_a_name():
-    from batchgen.naming import safe_file_stem
+    from batchgen.outputs.naming import safe_file_stem
 
     stem = safe_file_stem("a\u202egnp.exe")
     assert "\u202e" not in stem and stem.startswith("a_")

@@ -4,8 +4,8 @@ import json
 
 from click.testing import CliRunner
 
-from batchgen import render as render_module
-from batchgen.cli import cli
+from batchgen.engine import renderer as render_module
+from batchgen.cli.app import cli
 from batchgen.store import Store
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchgen.cli import cli
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
+from batchgen.cli.app import cli
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
 from conftest import SMALL, write_manifest
 
 WINDOWS_FORBIDDEN = set('<>:"/\\|?*')

@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from batchgen import profiles
+from batchgen.engine import profiles
 from batchgen.job import Job
-from batchgen.pipeline import build_tiny_pipeline
-from batchgen.render import Renderer, decode_video
+from batchgen.engine.loading import build_tiny_pipeline
+from batchgen.engine.renderer import Renderer, decode_video
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (group offloading uses CUDA streams)")
 
@@ -179,7 +179,7 @@ def test_group_offload_renders_the_same_pixels_as_resident():
 
 
 def test_auto_is_sized_to_the_batchs_largest_job(tmp_path, monkeypatch):
-    from batchgen import runner
+    from batchgen.run import supervisor as runner
     from batchgen.manifest import load_manifest
 
     manifest = tmp_path / "m.yaml"

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
 from conftest import small_yaml
 
 pytest.importorskip("ray")

@@ -3,8 +3,8 @@ import pytest
 
 from batchgen.errors import ModelLoadError
 from batchgen.job import Job
-from batchgen.pipeline import build_tiny_pipeline, load_pipeline, weights_hash
-from batchgen.render import Renderer
+from batchgen.engine.loading import build_tiny_pipeline, load_pipeline, weights_hash
+from batchgen.engine.renderer import Renderer
 
 SMALL = dict(num_frames=7, height=32, width=48, num_inference_steps=2)
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchgen import environment, fingerprint
+from batchgen.engine import environment
+from batchgen.engine import fingerprint
 from batchgen.errors import ManifestError
-from batchgen.index import read as read_index
+from batchgen.outputs.metadata_index import read as read_index
 from batchgen.manifest import load_manifest
-from batchgen.migrations import MIGRATIONS
-from batchgen.reproduce import reproduce
+from batchgen.store.migrations import MIGRATIONS
+from batchgen.run.reproduce import reproduce
 from batchgen.store import Store
 from conftest import render_small_batch, small_yaml
 from conftest import run_cli as run

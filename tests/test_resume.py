@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
 from conftest import small_yaml
 
 FAULT_POINTS = ["claimed", "video_written", "video_published", "marked_done", "indexed"]

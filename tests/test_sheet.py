@@ -2,8 +2,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from batchgen import sheet as sheet_module
-from batchgen.cli import cli
+from batchgen.outputs import sheet as sheet_module
+from batchgen.cli.app import cli
 from fakerun import FRAMES, frames_for, make_run
 
 

@@ -5,7 +5,7 @@ import sqlite_utils
 
 from batchgen.errors import StoreError
 from batchgen.job import Job
-from batchgen.migrations import MIGRATIONS, MIGRATIONS_TABLE, migrate
+from batchgen.store.migrations import MIGRATIONS, MIGRATIONS_TABLE, migrate
 from batchgen.store import Store
 
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from batchgen.errors import BatchgenError
-from batchgen.files import sha256_file
-from batchgen.index import read as read_index
-from batchgen.workers import parse_gpus, refuse_network_filesystem
+from batchgen.outputs.atomic import sha256_file
+from batchgen.outputs.metadata_index import read as read_index
+from batchgen.run.local_pool import parse_gpus, refuse_network_filesystem
 from conftest import small_yaml
 
 
@@ -79,7 +79,7 @@ def test_gpu_list_parsing():
 
 
 def test_network_filesystems_are_refused(tmp_path, monkeypatch):
-    import batchgen.workers as workers
+    import batchgen.run.local_pool as workers
 
     monkeypatch.setattr(workers, "filesystem_type", lambda path: "nfs4")
     with pytest.raises(BatchgenError, match="network filesystem"):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from batchgen import runner
+from batchgen.run import supervisor as runner
 from batchgen.manifest import load_manifest
-from batchgen.render import Renderer
-from batchgen.runner import render_manifest
+from batchgen.engine.renderer import Renderer
+from batchgen.run.supervisor import render_manifest
 from conftest import small_yaml
 
 

@@ -1,0 +1,460 @@
+"""Rendering jobs with one loaded pipeline: encode every text once, then denoise job after job."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from batchgen.engine import approximate
+from batchgen.outputs import atomic as files
+from batchgen.engine import modulation
+from batchgen.engine import profiles
+from batchgen.job import Job
+from batchgen.engine.loading import LoadedPipeline, load_pipeline
+
+
+@dataclass
+class Rendered:
+    frames: np.ndarray  # uint8, (frames, height, width, 3)
+    seconds: float
+    seconds_per_step: float
+    peak_vram_allocated: int | None
+    peak_vram_reserved: int | None
+    # Split of `seconds`: the denoising loop (what seconds_per_step divides) and the VAE decode.
+    denoise_seconds: float | None = None
+    decode_seconds: float | None = None
+    # Peak allocated during the decode alone, to tell a decode-bound peak from a denoise-bound one.
+    decode_peak_vram_allocated: int | None = None
+
+    @property
+    def frames_sha256(self) -> str:
+        return frames_sha256(self.frames)
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    """Hash of the decoded uint8 frames, shape included: what reproducibility is judged by."""
+    digest = hashlib.sha256(f"{frames.dtype}:{frames.shape}".encode())
+    digest.update(np.ascontiguousarray(frames).tobytes())
+    return digest.hexdigest()
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """diffusers' floats in [0, 1] to uint8 frames, rounded the same way on every machine."""
+    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _quiet_diffusers() -> None:
+    """batchgen reports truncation itself, naming the job; diffusers' own notices would repeat it per call."""
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    # Mochi's RoPE asks for fp32 autocast, which CPU autocast does not support; harmless, and said per step.
+    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+
+
+def cpu_threads() -> int:
+    """Threads for the cpu profile: BATCHGEN_CPU_THREADS, default 1 (the tiny model gains little from more)."""
+    import os
+
+    return max(1, int(os.environ.get("BATCHGEN_CPU_THREADS", "1")))
+
+
+class Renderer:
+    """Holds the one pipeline of a run and the batch's text embeddings."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        profile: str = "auto",
+        quality: bool = False,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+        vae_tiling: bool = True,
+        progress: bool = True,
+        largest: tuple[int, int, int] | None = None,
+        pipeline=None,
+        approximate: str | None = None,
+    ):
+        """`largest` is (num_frames, height, width) of the batch's biggest job, for `auto`.
+        `pipeline` is an already built MochiPipeline (benchmarks' real-size random model) used instead of loading `model`."""
+        self.model = model
+        self.revision = revision
+        self.quality = quality
+        # An opt-in approximate accelerator's spec (batchgen.engine.approximate), None for exact renders.
+        self.approximate = approximate
+        self.choice = profiles.resolve(profile, device, largest=largest)
+        self.profile = self.choice.name
+        self.device = self.choice.device
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.vae_tiling = vae_tiling
+        self.progress = progress
+        if self.device == "cpu":
+            # CPU kernels split reductions by thread count, so the count decides the last bits of every
+            # frame: fix it, so one seed gives one video alone, in --workers processes or on Ray actors.
+            import torch
+
+            torch.set_num_threads(cpu_threads())
+        self.loaded: LoadedPipeline | None = None
+        self._embeds: dict[str, tuple] = {}
+        self._denoiser_ready = False
+        if pipeline is not None:
+            from batchgen.engine.loading import MAX_SEQUENCE_LENGTH
+
+            self.loaded = LoadedPipeline(pipeline, model, revision or "prebuilt", MAX_SEQUENCE_LENGTH)
+            pipeline.set_progress_bar_config(disable=not progress, leave=False, position=1)
+
+    @classmethod
+    def from_config(cls, config: dict, *, cache_dir: Path | None) -> "Renderer":
+        """The renderer a worker process or Ray actor builds from its parent's run settings (a JSON dict)."""
+        return cls(
+            config["model"],
+            revision=config["revision"],
+            profile=config["profile"],
+            quality=config["quality"],
+            approximate=config.get("approximate"),
+            device=config["device"],
+            cache_dir=cache_dir,
+            progress=False,
+        )
+
+    @property
+    def precision(self) -> str:
+        return profiles.precision(self.profile, self.quality, approximate=self.approximate)
+
+    # -- loading -----------------------------------------------------------------------------------
+    def load(self) -> LoadedPipeline:
+        if self.loaded is None:
+            # Before loading: casting the tiny model's modules to bf16 is one of the notices it silences.
+            _quiet_diffusers()
+            self.loaded = load_pipeline(
+                self.model, revision=self.revision, load_kwargs=profiles.load_kwargs(self.profile, self.device)
+            )
+            self.loaded.pipe.set_progress_bar_config(
+                disable=not self.progress, leave=False, position=1, desc="steps", dynamic_ncols=True
+            )
+        return self.loaded
+
+    @property
+    def pipe(self):
+        return self.load().pipe
+
+    # -- phase one: text ---------------------------------------------------------------------------
+    def _cache_path(self, text: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        loaded = self.load()
+        te_dtype = str(profiles.text_encoder_dtype(self.profile, self.quality)).replace("torch.", "")
+        key = f"{loaded.model}\n{loaded.revision}\n{te_dtype}\n{loaded.max_sequence_length}\n{text}"
+        return self.cache_dir / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".pt")
+
+    def encode(self, texts: Iterable[str]) -> None:
+        """Encode every distinct text once, one at a time, so a job's embedding never depends on its neighbours."""
+        import torch
+
+        todo = [t for t in dict.fromkeys(texts) if t not in self._embeds]
+        missing = []
+        for text in todo:
+            path = self._cache_path(text)
+            if path is not None and path.exists():
+                try:
+                    data = torch.load(path, map_location="cpu", weights_only=True)
+                    self._embeds[text] = (data["embeds"], data["mask"])
+                    continue
+                except Exception:
+                    pass  # a damaged cache entry is simply recomputed
+            missing.append(text)
+        if not missing:
+            return
+        if self._denoiser_ready and self.profile != "cpu":
+            # On a GPU profile the text encoder has been freed for the denoiser's sake.
+            raise RuntimeError("all texts must be encoded before the first render on a GPU profile: call encode() first")
+        pipe = self.pipe
+        if not self._denoiser_ready:
+            profiles.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
+        with torch.inference_mode():
+            for text in missing:
+                embeds, mask, _, _ = pipe.encode_prompt(
+                    prompt=text,
+                    do_classifier_free_guidance=False,
+                    max_sequence_length=self.load().max_sequence_length,
+                    device=torch.device(self.device),
+                )
+                embeds, mask = embeds.to("cpu"), mask.to("cpu")
+                self._embeds[text] = (embeds, mask)
+                path = self._cache_path(text)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    # A temporary name of this process's own: worker processes sharing OUT cache the same
+                    # texts, and one's rename must not take away the file another is about to rename.
+                    # (Not files.publish: its fault point counts video publications for the crash tests.)
+                    tmp = files.temp_path(path)
+                    torch.save({"embeds": embeds, "mask": mask}, tmp)
+                    tmp.replace(path)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.pipe.tokenizer(text, add_special_tokens=True).input_ids)
+
+    # -- phase two: video --------------------------------------------------------------------------
+    def _ensure_denoiser(self) -> None:
+        if self._denoiser_ready:
+            return
+        refused = approximate.check_profile(self.approximate, self.profile)
+        if refused:
+            raise ValueError(refused)  # before freeing T5 and placing the denoiser for nothing
+        pipe = self.pipe
+        profiles.release_text_encoder(pipe)
+        profiles.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
+        approximate.apply(pipe, self.approximate)
+        self._denoiser_ready = True
+        if self.device.startswith("cuda"):
+            import torch
+
+            # Moving weights leaves freed blocks cached: hand them back so the batch starts from its real footprint.
+            torch.cuda.empty_cache()
+
+    def step_down(self) -> str | None:
+        """After a CUDA out-of-memory error: free what the current profile holds and switch to the next
+        lower-memory profile of the same precision (so job ids do not change). Returns its name, or None
+        when there is nothing lower; the caller retries the job once."""
+        import gc
+
+        import torch
+
+        new = profiles.fallback(self.profile)
+        if new is None or approximate.check_profile(self.approximate, new):
+            return None
+        old = self.profile
+        if self.loaded is not None:
+            if self._denoiser_ready:
+                profiles.teardown_denoiser(self.pipe, old)
+            else:
+                profiles.release_text_encoder(self.pipe)
+        self._denoiser_ready = False
+        self.profile = new
+        self.choice = profiles.ProfileChoice(new, self.device, f"stepped down from {old} after running out of GPU memory")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return new
+
+    def render(self, job: Job, on_step: Callable[[int, int], None] | None = None) -> Rendered:
+        import torch
+
+        texts = [job.prompt] + ([job.negative_prompt] if job.guidance_scale > 1 else [])
+        self.encode(texts)
+        self._ensure_denoiser()
+        pipe = self.pipe
+        dtype = pipe.transformer.dtype if self.profile == "cpu" else torch.bfloat16
+        device = torch.device(self.device)
+        embeds, mask = self._embeds[job.prompt]
+        kwargs = {
+            "prompt_embeds": embeds.to(device, dtype),
+            "prompt_attention_mask": mask.to(device),
+        }
+        if job.guidance_scale > 1:
+            neg, neg_mask = self._embeds[job.negative_prompt]
+            kwargs["negative_prompt_embeds"] = neg.to(device, dtype)
+            kwargs["negative_prompt_attention_mask"] = neg_mask.to(device)
+
+        def callback(pipeline, step, timestep, callback_kwargs):
+            if on_step is not None:
+                on_step(step + 1, job.num_inference_steps)
+            return callback_kwargs
+
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        call = dict(
+            num_frames=job.num_frames,
+            height=job.height,
+            width=job.width,
+            num_inference_steps=job.num_inference_steps,
+            guidance_scale=job.guidance_scale,
+            output_type="latent",
+            max_sequence_length=self.load().max_sequence_length,
+            **kwargs,
+        )
+        table = getattr(pipe.transformer, "_batchgen_modulation", None)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if table is not None:
+                # Everything that shapes the transformer's inputs except the seed: same-prompt jobs share it.
+                key = (job.prompt, job.negative_prompt, job.guidance_scale, job.num_inference_steps,
+                       job.num_frames, job.height, job.width)
+                modulation.prepare(pipe, call, key)
+            if self.approximate:
+                # A job that failed mid-denoise leaves the cache hooks' step state behind; diffusers only
+                # resets it at the end of a call that finished. Every job starts clean.
+                pipe.transformer._reset_stateful_cache()
+            # A CPU generator per job: the same noise on any machine, whatever ran before it.
+            generator = torch.Generator("cpu").manual_seed(job.seed)
+            denoise_start = time.perf_counter()
+            output = pipe(generator=generator, callback_on_step_end=callback, **call)
+            if table is not None:
+                table.check_used()
+            if cuda:
+                torch.cuda.synchronize(device)
+            denoised = time.perf_counter()
+            peak_alloc = torch.cuda.max_memory_allocated(device) if cuda else None
+            peak_res = torch.cuda.max_memory_reserved(device) if cuda else None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            video = decode_latents(pipe, output.frames, self.profile, self.device, self.quality)
+            frames = to_uint8(np.asarray(pipe.video_processor.postprocess_video(video, output_type="np")[0]))
+        end = time.perf_counter()
+        decode_peak = None
+        if cuda:
+            decode_peak = torch.cuda.max_memory_allocated(device)
+            peak_alloc = max(peak_alloc, decode_peak)
+            peak_res = max(peak_res, torch.cuda.max_memory_reserved(device))
+        return Rendered(
+            frames,
+            end - start,
+            (denoised - denoise_start) / job.num_inference_steps,
+            peak_alloc,
+            peak_res,
+            denoise_seconds=denoised - denoise_start,
+            decode_seconds=end - denoised,
+            decode_peak_vram_allocated=decode_peak,
+        )
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+def denormalize_latents(vae, latents, dtype):
+    """Undo the latent scaling exactly as MochiPipeline does, in `dtype`."""
+    import torch
+
+    latents = latents.to(dtype)
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        channels = latents.shape[1]
+        mean = torch.tensor(mean).view(1, channels, 1, 1, 1).to(latents.device, dtype)
+        std = torch.tensor(std).view(1, channels, 1, 1, 1).to(latents.device, dtype)
+        return latents * std / cfg.scaling_factor + mean
+    return latents / cfg.scaling_factor
+
+
+def decode_latents(pipe, latents, profile: str, device: str, quality: bool, chunk: int | None = None):
+    """Latents from the denoiser to a video tensor in [-1, 1].
+
+    The VAE may run in fp32 (quality) while the latents come out bf16, so they are cast here rather than in
+    diffusers. On the GPU the decode is also chunked in time (see `decode_video`) so its memory stays flat
+    whatever the frame count; the CPU profile keeps diffusers' own decode, which is what its hashes were
+    made with.
+    """
+    vae = pipe.vae
+    vae_dtype = next(vae.parameters()).dtype
+    if profile == "offload":
+        vae.to(device)  # diffusers' offload hooks parked it on the CPU at the end of the pipeline call
+    z = denormalize_latents(vae, latents.to(device), vae_dtype if quality else latents.dtype).to(vae_dtype)
+    if profile == "cpu":
+        return vae.decode(z, return_dict=False)[0]
+    return decode_video(vae, z, profiles.DECODE_LATENT_FRAMES if chunk is None else chunk)
+
+
+def decode_video(vae, z, latent_frames_per_chunk: int):
+    """AutoencoderKLMochi.decode, spatially tiled as diffusers does when tiling is on, and additionally
+    decoded `latent_frames_per_chunk` latent frames at a time (0: all at once).
+
+    Exact, unlike diffusers' private framewise decode (which swaps the causal convolutions' replicate
+    padding for zero padding, changing every frame): the Mochi decoder has no attention and normalizes
+    each frame on its own, so time only flows through its causal 3x convolutions, and feeding each one the
+    last two input frames of the previous chunk reproduces the one-shot result.
+    """
+    import torch
+
+    _, _, _, height, width = z.shape
+    ratio = vae.spatial_compression_ratio
+    tile_h = vae.tile_sample_min_height // ratio
+    tile_w = vae.tile_sample_min_width // ratio
+    if not (vae.use_tiling and (width > tile_w or height > tile_h)):
+        return _decode_frames(vae, z, latent_frames_per_chunk)
+    # Tiling and blending as AutoencoderKLMochi.tiled_decode, with the time-chunked decode per tile.
+    stride_h = vae.tile_sample_stride_height // ratio
+    stride_w = vae.tile_sample_stride_width // ratio
+    blend_h = vae.tile_sample_min_height - vae.tile_sample_stride_height
+    blend_w = vae.tile_sample_min_width - vae.tile_sample_stride_width
+    rows = []
+    for i in range(0, height, stride_h):
+        row = []
+        for j in range(0, width, stride_w):
+            row.append(_decode_frames(vae, z[:, :, :, i : i + tile_h, j : j + tile_w], latent_frames_per_chunk))
+        rows.append(row)
+    result_rows = []
+    for i, row in enumerate(rows):
+        result_row = []
+        for j, tile in enumerate(row):
+            if i > 0:
+                tile = vae.blend_v(rows[i - 1][j], tile, blend_h)
+            if j > 0:
+                tile = vae.blend_h(row[j - 1], tile, blend_w)
+            result_row.append(tile[:, :, :, : vae.tile_sample_stride_height, : vae.tile_sample_stride_width])
+        result_rows.append(torch.cat(result_row, dim=4))
+    return torch.cat(result_rows, dim=3)[:, :, :, : height * ratio, : width * ratio]
+
+
+def _decode_frames(vae, z, chunk: int):
+    import torch
+
+    num_frames = z.shape[2]
+    if chunk <= 0 or num_frames <= chunk:
+        dec, _ = vae.decoder(z)
+    else:
+        parts = []
+        cache = None
+        with _carried_causal_convs(vae.decoder):
+            for k in range(0, num_frames, chunk):
+                part, cache = vae.decoder(z[:, :, k : k + chunk], conv_cache=cache)
+                parts.append(part)
+        dec = torch.cat(parts, dim=2)
+    if vae.drop_last_temporal_frames and dec.size(2) >= vae.temporal_compression_ratio:
+        dec = dec[:, :, vae.temporal_compression_ratio - 1 :]
+    return dec
+
+
+def _causal_conv_with_carry(conv, inputs, conv_cache=None):
+    """CogVideoXCausalConv3d in 'replicate' mode, with its two frames of causal context carried over from
+    the previous chunk (the first chunk replicates its first frame, as the one-shot decode does)."""
+    import torch
+    import torch.nn.functional as F
+
+    pad = conv.time_pad
+    new_cache = None
+    if pad > 0:
+        head = conv_cache if conv_cache is not None else inputs[:, :, :1].expand(-1, -1, pad, -1, -1)
+        inputs = torch.cat([head, inputs], dim=2)
+        new_cache = inputs[:, :, -pad:].clone()
+    inputs = F.pad(inputs, (conv.width_pad, conv.width_pad, conv.height_pad, conv.height_pad, 0, 0), mode="replicate")
+    return conv.conv(inputs), new_cache
+
+
+class _carried_causal_convs:
+    """Context in which the decoder's causal convolutions carry context between chunks."""
+
+    def __init__(self, decoder):
+        from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d
+
+        self.convs = [m for m in decoder.modules() if isinstance(m, CogVideoXCausalConv3d)]
+
+    def __enter__(self):
+        import functools
+
+        for conv in self.convs:
+            if conv.pad_mode != "replicate":
+                raise RuntimeError("chunked decode expects the VAE's causal convolutions in 'replicate' mode")
+            conv.forward = functools.partial(_causal_conv_with_carry, conv)
+        return self
+
+    def __exit__(self, *exc):
+        for conv in self.convs:
+            del conv.forward  # back to the class's forward
+        return False

@@ -1,0 +1,225 @@
+"""Checking an output folder against its database: videos deleted or damaged, an index edited by hand.
+
+The database is the truth. A done job whose video is missing, or whose bytes no longer match the sha256
+recorded when it was written, goes back to pending (a damaged file is moved to OUT/quarantine/ first,
+never deleted); metadata.jsonl is compared row by row with the database and rewritten from it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchgen.outputs import metadata_index as index
+from batchgen.outputs.atomic import sha256_file
+from batchgen.store.queue import Store
+
+QUARANTINE_DIR = "quarantine"
+QUARANTINE_SUFFIX = ".corrupt"  # not .mp4: video loaders and galleries must not pick it up
+
+
+@dataclass
+class VideoProblem:
+    job_id: str
+    source: str
+    path: str  # relative to OUT
+    kind: str  # "missing", "corrupt" or "undecodable"
+    detail: str
+    moved_to: str | None = None
+
+    def line(self) -> str:
+        where = f"job {self.job_id}" + (f", {self.source}" if self.source else "")
+        moved = f"; moved to {self.moved_to}" if self.moved_to else ""
+        return f"  {self.kind:<11} {self.path} ({where}): {self.detail}{moved}; back to pending"
+
+
+@dataclass
+class IndexReport:
+    """How OUT/metadata.jsonl differs from the rows the database says it should hold."""
+
+    expected: int = 0
+    lines: int = 0
+    missing: list[str] = field(default_factory=list)  # done job ids without a row
+    extra: list[str] = field(default_factory=list)  # "line N: ..." rows of jobs not done or unknown
+    changed: list[str] = field(default_factory=list)  # "line N: job X: fields a, b differ"
+    duplicated: list[str] = field(default_factory=list)  # "line N: job X appears again"
+    unreadable: list[str] = field(default_factory=list)  # "line N: not JSON (...)"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.changed or self.duplicated or self.unreadable)
+
+    @property
+    def edited(self) -> bool:
+        """Differences a crash cannot leave: a killed run only ever leaves rows out (healed by a rebuild)."""
+        return bool(self.extra or self.changed or self.duplicated or self.unreadable)
+
+    def explain(self, limit: int = 10) -> list[str]:
+        out: list[str] = []
+        for label, items in (
+            ("changed", self.changed),
+            ("not in the database", self.extra),
+            ("duplicated", self.duplicated),
+            ("unreadable", self.unreadable),
+        ):
+            for item in items[:limit]:
+                out.append(f"  {label}: {item}")
+            if len(items) > limit:
+                out.append(f"  ... and {len(items) - limit} more {label}")
+        if self.missing:
+            shown = ", ".join(self.missing[:limit]) + (f" and {len(self.missing) - limit} more" if len(self.missing) > limit else "")
+            out.append(f"  missing rows for {len(self.missing)} done job(s): {shown}")
+        return out
+
+
+def compare_index(out: Path, store: Store) -> IndexReport:
+    """Compare metadata.jsonl with the database's metadata rows (order does not matter)."""
+    expected = {row["job_id"]: row for row in store.metadata_rows()}
+    report = IndexReport(expected=len(expected))
+    path = Path(out) / index.INDEX_NAME
+    seen: dict[str, int] = {}
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        report.lines += 1
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            report.unreadable.append(f"line {number}: not a JSON object ({exc})")
+            continue
+        jid = row.get("job_id")
+        if jid in seen:
+            report.duplicated.append(f"line {number}: job {jid} already at line {seen[jid]}")
+            continue
+        if jid not in expected:
+            report.extra.append(f"line {number}: {row.get('file_name', '?')} (job {jid}) is not a done job")
+            continue
+        seen[jid] = number
+        want = expected[jid]
+        fields = sorted(k for k in set(want) | set(row) if want.get(k, _ABSENT) != row.get(k, _ABSENT))
+        if fields:
+            report.changed.append(f"line {number}: job {jid}: field(s) {', '.join(fields)} differ from the database")
+    report.missing = [jid for jid in expected if jid not in seen]
+    return report
+
+
+_ABSENT = object()
+
+
+def check_videos(out: Path, store: Store, *, decode: bool = False, checksums: bool = True) -> list[VideoProblem]:
+    """Every done job's video: present, with the recorded sha256 (and, with `decode`, every frame decodes)."""
+    out = Path(out)
+    problems: list[VideoProblem] = []
+    for row in store.done_rows():
+        rel = row["output_path"] or ""
+        path = out / rel
+        base = dict(job_id=row["job_id"], source=row["source"] or "", path=rel)
+        if not rel or not path.is_file():
+            problems.append(VideoProblem(**base, kind="missing", detail="the video is gone (deleted or moved by hand?)"))
+            continue
+        if not checksums:
+            continue
+        if row["sha256"] and sha256_file(path) != row["sha256"]:
+            problems.append(
+                VideoProblem(**base, kind="corrupt", detail="its sha256 differs from the one recorded when it was written")
+            )
+            continue
+        if decode:
+            from batchgen.outputs.video import count_frames
+
+            try:
+                frames = count_frames(path)
+            except (OSError, RuntimeError):
+                frames = -1
+            if frames != row["num_frames"]:
+                got = "none" if frames < 0 else str(frames)
+                problems.append(
+                    VideoProblem(**base, kind="undecodable", detail=f"{got} of {row['num_frames']} frames decode")
+                )
+    return problems
+
+
+def requeue(out: Path, store: Store, problems: list[VideoProblem]) -> None:
+    """Put the jobs of `problems` back to pending; a damaged file is moved aside first, never deleted."""
+    out = Path(out)
+    for problem in problems:
+        path = out / problem.path
+        if problem.kind != "missing" and path.is_file():
+            target = _quarantine_name(out, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+            problem.moved_to = target.relative_to(out).as_posix()
+        store.mark_pending(problem.job_id, f"verify: {problem.path}: {problem.detail}")
+
+
+def _quarantine_name(out: Path, path: Path) -> Path:
+    folder = out / QUARANTINE_DIR
+    target = folder / f"{path.name}{QUARANTINE_SUFFIX}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{path.name}.{n}{QUARANTINE_SUFFIX}"
+    return target
+
+
+@dataclass
+class VerifyReport:
+    checked: int
+    problems: list[VideoProblem]
+    index: IndexReport
+    index_rows: int  # rows after the rebuild (None-free: always rebuilt when anything differed)
+    rebuilt: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.index.ok
+
+
+def verify(out: Path, store: Store, *, decode: bool = False) -> VerifyReport:
+    """Check every done job's video and the index; requeue what is missing or damaged; fix the index.
+
+    The caller holds the folder lock: nothing may render meanwhile.
+    """
+    checked = store.counts()["done"]
+    problems = check_videos(out, store, decode=decode)
+    report = compare_index(out, store)
+    requeue(out, store, problems)
+    rebuilt = bool(problems) or not report.ok
+    rows = index.rebuild(out, store) if rebuilt else report.expected
+    return VerifyReport(checked, problems, report, rows, rebuilt)
+
+
+def startup_check(out: Path, store: Store, log: Callable[[str], None]) -> int:
+    """At the start of a render: done jobs whose video is gone go back to pending, named in a warning;
+    an index edited by hand is kept as a copy before the run rewrites it. Returns how many were requeued.
+
+    Cheap enough for every run: one stat per done job and one read of the index, no hashing.
+    """
+    out = Path(out)
+    # The index first: requeueing a job below takes its row out of what the index should hold.
+    report = compare_index(out, store)
+    missing = check_videos(out, store, checksums=False)
+    if missing:
+        requeue(out, store, missing)
+        names = ", ".join(p.path for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        log(
+            f"batchgen: warning: {len(missing)} finished video(s) are missing from {out} ({names}); "
+            "their jobs go back to the queue and render again"
+        )
+    if report.edited:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        copy = out / f"{index.INDEX_NAME}.edited-{stamp}.bak"
+        shutil.copy2(out / index.INDEX_NAME, copy)
+        log(
+            f"batchgen: warning: {out / index.INDEX_NAME} differs from the database (edited by hand?); it is "
+            f"rewritten from the database, which is the record of what was rendered. Your copy is kept as {copy.name}:\n"
+            + "\n".join(report.explain(5))
+        )
+    return len(missing)

@@ -1,0 +1,128 @@
+"""The database schema as append-only named migrations, so every old batchgen.db upgrades itself.
+
+Never edit or reorder a migration once released: add a new one. Applied names are recorded in
+`_batchgen_migrations`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+migration = MIGRATIONS.append
+
+MIGRATIONS_TABLE = "_batchgen_migrations"
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now."""
+    table = db[MIGRATIONS_TABLE]
+    if not table.exists():
+        table.create({"name": str, "applied_at": str}, pk="name")
+    done = {row["name"] for row in table.rows}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        with db.conn:
+            fn(db)
+            table.insert({"name": fn.__name__, "applied_at": _now()})
+        applied.append(fn.__name__)
+    return applied
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(
+        {
+            "job_id": str,
+            "position": int,
+            "status": str,
+            "prompt": str,
+            "negative_prompt": str,
+            "seed": str,  # text: seeds reach 2**64-1, beyond SQLite's signed 64-bit integers
+            "num_frames": int,
+            "height": int,
+            "width": int,
+            "num_inference_steps": int,
+            "guidance_scale": float,
+            "fps": int,
+            "model": str,
+            "revision": str,
+            "precision": str,
+            "output_name": str,
+            "source": str,
+            "idx": int,
+            "attempts": int,
+            "error": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "render_seconds": float,
+            "seconds_per_step": float,
+            "peak_vram_allocated": int,
+            "peak_vram_reserved": int,
+            "output_path": str,
+            "sha256": str,
+            "frames_sha256": str,
+            "profile": str,
+            "worker": str,
+            "metadata": str,
+        },
+        pk="job_id",
+        not_null={"status", "prompt", "output_name"},
+        defaults={"status": "pending", "attempts": 0},
+    )
+    db["jobs"].create_index(["status", "model", "precision"])
+    db["jobs"].create_index(["output_name"])
+    db["runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "pid": int,
+            "host": str,
+            "manifest": str,
+            "model": str,
+            "profile": str,
+            "profile_reason": str,
+            "exit": str,
+        },
+        pk="id",
+    )
+
+
+@migration
+def m004_leases(db: sqlite_utils.Database) -> None:
+    # Epoch seconds until which a worker holds its running job; NULL for a single run's own claims.
+    db["jobs"].add_column("lease_until", float)
+
+
+@migration
+def m002_fingerprint(db: sqlite_utils.Database) -> None:
+    # JSON of batchgen.engine.fingerprint.collect(): what besides the job's settings decided its pixels.
+    db["jobs"].add_column("fingerprint", str)
+
+
+@migration
+def m003_reliability(db: sqlite_utils.Database) -> None:
+    # Claim order as an index: taking the next job reads one index entry instead of sorting every pending
+    # job each time (about 7 ms a claim at 10,000 jobs without it).
+    db["jobs"].create_index(
+        ["status", "model", "precision", "height", "width", "num_frames", "position"],
+        index_name="idx_jobs_claim_order",
+        if_not_exists=True,
+    )
+
+
+@migration
+def m005_notes(db: sqlite_utils.Database) -> None:
+    # Free-text history of a job (OOM step-downs), kept apart from `error`, which a success clears.
+    db["jobs"].add_column("notes", str)
