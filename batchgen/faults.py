@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import signal
 
+from batchgen import settings
+
 _counts: dict[str, int] = {}
 
 
 def point(name: str) -> None:
-    spec = os.environ.get("BATCHGEN_FAULT")
+    spec = settings.fault()
     if not spec:
         return
     target, _, nth = spec.partition(":")
@@ -24,7 +26,7 @@ def point(name: str) -> None:
     if _counts[name] != int(nth or 1):
         return
     # BATCHGEN_FAULT_ONCE=path: fire in one process only, even across restarts (Ray restarts actors).
-    once = os.environ.get("BATCHGEN_FAULT_ONCE")
+    once = settings.fault_once()
     if once:
         try:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

@@ -16,6 +16,8 @@ Usage: python benchmarks/bench_approximate.py [--variants exact,pab,first-block-
 
 from __future__ import annotations
 
+from helpers import remove_approximate
+
 import argparse
 import json
 import math
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     rows, exact = [], None
     for variant in [v for v in args.variants.split(",") if v]:
         spec = approximate.parse(variant)
-        approximate.remove(renderer.pipe)
+        remove_approximate(renderer.pipe)
         renderer.approximate = spec
         approximate.apply(renderer.pipe, spec)
         for c in counters:

@@ -19,6 +19,9 @@ Usage: python benchmarks/bench_profiles.py --out results.json [--frames 25] [--r
 
 from __future__ import annotations
 
+from batchgen.engine import placement
+from batchgen.engine.module_state import peek
+
 import argparse
 import gc
 import json
@@ -132,7 +135,7 @@ def run_profile(args, profile: str) -> dict:
     cuda = not args.tiny
     device = "cuda" if cuda else "cpu"
     pipe = _build(args, transformer_on_meta=cuda)
-    if cuda and profile in profiles._STREAM_TEXT_ENCODER:
+    if cuda and profiles.REGISTRY[profile].streams_text_encoder:
         pipe.text_encoder.to("cpu")  # where from_pretrained leaves it; streaming copies blocks in as needed
     _free_all()
     renderer = Renderer(
@@ -154,7 +157,7 @@ def run_profile(args, profile: str) -> dict:
     encode_peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()) if cuda else (None, None)
     if cuda:
         # The 20 GB transformer is created now rather than "loaded": only the text phase is over.
-        profiles.release_text_encoder(pipe)
+        placement.release_text_encoder(pipe)
         from batchgen.engine.realsize import materialize_transformer, quantize_transformer_inplace
 
         materialize_transformer(pipe, "cuda")
@@ -197,9 +200,9 @@ def run_profile(args, profile: str) -> dict:
         "place_denoiser_s": round(place_s, 2),
         "encode_peak_allocated_gib": _gib(encode_peak[0]),
         "encode_peak_reserved_gib": _gib(encode_peak[1]),
-        "resident_blocks": getattr(pipe.transformer, "_batchgen_resident_blocks", None),
+        "resident_blocks": peek(pipe.transformer).resident_blocks,
         # AdaLN parameters kept off the GPU by precomputed modulation (batchgen/engine/modulation.py); 0 when off.
-        "modulation_params_off_gpu": getattr(getattr(pipe.transformer, "_batchgen_modulation", None), "parameters_held", 0),
+        "modulation_params_off_gpu": getattr(peek(pipe.transformer).modulation, "parameters_held", 0),
     }
     result = _summarize(profile, out, args.steps, encode_s + place_s, extra)
     del renderer, pipe

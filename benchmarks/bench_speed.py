@@ -39,6 +39,9 @@ Usage (device):  python benchmarks/bench_speed.py --out $OUT/speed.json [--frame
 
 from __future__ import annotations
 
+from helpers import restore_fp8_blocks
+from batchgen.engine.module_state import peek
+
 import argparse
 import contextlib
 import json
@@ -301,7 +304,7 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
             fp8_matmul.convert_blocks(transformer, keep_originals=True)
             bcompile.compile_blocks(transformer, mode=args.compile_mode)
         elif variant == "compiled":
-            if not getattr(transformer, "_batchgen_compiled", False):
+            if not peek(transformer).compiled:
                 bcompile.compile_blocks(transformer, mode=args.compile_mode)
         else:
             bcompile.uncompile_blocks(transformer)
@@ -333,7 +336,7 @@ def bench_steps(args, transformer, frames: int, variant: str, backend: str, devi
         from batchgen.engine import fp8_matmul
 
         bcompile.uncompile_blocks(transformer)
-        fp8_matmul.restore_blocks(transformer)
+        restore_fp8_blocks(transformer)
     sample = out[0].float().cpu()
     if variant == "diffusers":
         refs[frames] = sample
@@ -381,7 +384,7 @@ def bench_wall(args, pipe, backend: str, steps_rows: list[dict], device, dtype) 
 
     # A real pipeline call of a few steps: the pipeline's per-step overhead beyond the transformer.
     attention.install(pipe.transformer, backend)
-    if out["from_variant"] == "compiled" and not getattr(pipe.transformer, "_batchgen_compiled", False):
+    if out["from_variant"] == "compiled" and not peek(pipe.transformer).compiled:
         bcompile.compile_blocks(pipe.transformer, mode=args.compile_mode)
     pos, pos_mask, _, _ = embeds[0]
     neg, neg_mask, _, _ = embeds[-1]

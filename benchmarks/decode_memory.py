@@ -11,6 +11,8 @@ Usage: python benchmarks/decode_memory.py --ballast-gib 0 [--frames 19] [--json 
 
 from __future__ import annotations
 
+from batchgen import settings
+
 import argparse
 import hashlib
 import json
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     ballast = torch.empty(int(args.ballast_gib * 2**30), dtype=torch.uint8, device="cuda") if args.ballast_gib else None
     free, total = torch.cuda.mem_get_info()
     with torch.inference_mode():
-        video = decode_video(vae, z, profiles.DECODE_LATENT_FRAMES)
+        video = decode_video(vae, z, settings.decode_latent_frames())
     torch.cuda.synchronize()
     digest = hashlib.sha256(video.float().cpu().numpy().tobytes()).hexdigest()[:16]
     row = {"ballast_gib": args.ballast_gib, "free_gib_before_decode": round(free / 2**30, 2),

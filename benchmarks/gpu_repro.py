@@ -20,6 +20,8 @@ Model sources:
 
 from __future__ import annotations
 
+from batchgen.engine import placement
+
 import argparse
 import gc
 import json
@@ -75,11 +77,11 @@ def _renderer(args, profile: str):
         from batchgen.engine.realsize import build_realsize_pipeline, materialize_transformer, quantize_transformer_inplace
 
         pipe = build_realsize_pipeline(device, transformer_on_meta=True)
-        if profile in profiles._STREAM_TEXT_ENCODER:
+        if profiles.REGISTRY[profile].streams_text_encoder:
             pipe.text_encoder.to("cpu")
         renderer = Renderer("realsize", profile=profile, device=device, progress=False, pipeline=pipe)
         renderer.encode([PROMPT, NEGATIVE])
-        profiles.release_text_encoder(pipe)
+        placement.release_text_encoder(pipe)
         materialize_transformer(pipe, device)
         if profile in ("int8", "nf4"):
             quantize_transformer_inplace(pipe.transformer, profile)

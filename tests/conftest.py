@@ -49,3 +49,10 @@ def render_small_batch(base: Path, prompts: list[str], seeds: list[int]) -> tupl
     result = run_cli("render", manifest, "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     return manifest, out
+
+
+@pytest.fixture(autouse=True)
+def _no_batchgen_settings(monkeypatch):
+    """A developer's own BATCHGEN_* settings never leak into a test; tests that need one set it themselves."""
+    for name in [n for n in os.environ if n.startswith("BATCHGEN_")]:
+        monkeypatch.delenv(name)

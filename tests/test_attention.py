@@ -1,5 +1,8 @@
 """batchgen.engine.attention's processor computes what diffusers' MochiAttnProcessor2_0 computes, on the tiny model."""
 
+from batchgen.engine import placement
+from batchgen.engine.module_state import peek
+
 import numpy as np
 import pytest
 import torch
@@ -97,7 +100,7 @@ def test_install_records_the_backend_and_refuses_unknown_ones(pipe):
     transformer = pipe.transformer
     try:
         assert attention.install(transformer, "auto") == "sdpa"  # CPU: the fused SDPA kernel
-        assert transformer._batchgen_attention == "sdpa"
+        assert peek(transformer).attention == "sdpa"
         processors = {type(b.attn1.processor) for b in transformer.transformer_blocks}
         assert processors == {attention.BatchgenMochiAttnProcessor}
         assert attention.install(transformer, "prefix") == "prefix"
@@ -105,7 +108,7 @@ def test_install_records_the_backend_and_refuses_unknown_ones(pipe):
             attention.install(transformer, "flash9")
     finally:
         attention.uninstall(transformer)
-    assert transformer._batchgen_attention is None
+    assert peek(transformer).attention is None
     assert type(transformer.transformer_blocks[0].attn1.processor).__name__ == "MochiAttnProcessor2_0"
 
 

@@ -1,5 +1,8 @@
 """The int8 profile's kernel: bitsandbytes' int8 weights, dequantized per layer, multiplied in bf16."""
 
+from batchgen.engine import placement
+from batchgen.engine.module_state import peek
+
 import json
 
 import numpy as np
@@ -92,8 +95,8 @@ def test_prepare_denoiser_converts_a_quantized_transformer(monkeypatch):
     pipe = build_tiny_pipeline()
     swapped = quantize_transformer_inplace(pipe.transformer, "int8")
     assert swapped > 0
-    profiles.prepare_denoiser(pipe, "int8", "cpu", quality=False)
-    assert pipe.transformer._batchgen_int8_linears == swapped
+    placement.prepare_denoiser(pipe, "int8", "cpu", quality=False)
+    assert peek(pipe.transformer).int8_linears == swapped
     assert not any(isinstance(m, bnb.nn.Linear8bitLt) for m in pipe.transformer.modules())
 
 
@@ -104,7 +107,7 @@ def test_prepare_denoiser_keeps_llm_int8_when_asked(monkeypatch):
     monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
     pipe = build_tiny_pipeline()
     quantize_transformer_inplace(pipe.transformer, "int8")
-    profiles.prepare_denoiser(pipe, "int8", "cpu", quality=False)
+    placement.prepare_denoiser(pipe, "int8", "cpu", quality=False)
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in pipe.transformer.modules())
     assert not any(isinstance(m, Int8Linear) for m in pipe.transformer.modules())
 
@@ -137,7 +140,7 @@ def test_int8_frames_are_close_to_the_float_model(monkeypatch):
     reference = Renderer("tiny", profile="cpu", device="cpu", progress=False).render(job).frames
     pipe = build_tiny_pipeline()
     quantize_transformer_inplace(pipe.transformer, "int8")
-    profiles.prepare_denoiser(pipe, "int8", "cpu", quality=False)
+    placement.prepare_denoiser(pipe, "int8", "cpu", quality=False)
     frames = Renderer("tiny", profile="cpu", device="cpu", progress=False, pipeline=pipe).render(job).frames
     assert frames.shape == reference.shape
     diff = np.abs(frames.astype(int) - reference.astype(int))
@@ -209,7 +212,7 @@ def _int8_tiny_frames(monkeypatch, precompute: str, jobs):
     monkeypatch.setenv("BATCHGEN_PRECOMPUTE_MODULATION", precompute)
     pipe = build_tiny_pipeline()
     quantize_transformer_inplace(pipe.transformer, "int8")
-    profiles.prepare_denoiser(pipe, "int8", "cpu", quality=False)
+    placement.prepare_denoiser(pipe, "int8", "cpu", quality=False)
     renderer = Renderer("tiny", profile="cpu", device="cpu", progress=False, pipeline=pipe)
     return pipe, [renderer.render(job).frames for job in jobs]
 
@@ -222,8 +225,8 @@ def test_int8_modulation_is_precomputed_without_changing_a_pixel(monkeypatch):
                 num_inference_steps=3) for s in (5, 6)]
     plain_pipe, plain = _int8_tiny_frames(monkeypatch, "0", jobs)
     pipe, precomputed = _int8_tiny_frames(monkeypatch, "", jobs)
-    assert getattr(plain_pipe.transformer, "_batchgen_modulation", None) is None
-    table = pipe.transformer._batchgen_modulation
+    assert peek(plain_pipe.transformer).modulation is None
+    table = peek(pipe.transformer).modulation
     assert table.layers and all(layer.scale is not None and layer.weight.dtype == torch.int8 for layer in table.layers)
     assert isinstance(pipe.transformer.transformer_blocks[0].norm1.linear, _Lookup)
     for a, b in zip(plain, precomputed):

@@ -1,5 +1,8 @@
 """Precomputed AdaLN modulation must not change a single pixel, and must fail loudly when misused."""
 
+from batchgen.engine import placement
+from batchgen.engine.module_state import peek
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +33,8 @@ def _render_all(monkeypatch, flag: str):
 def test_precomputed_modulation_renders_identical_frames(monkeypatch):
     plain_renderer, plain = _render_all(monkeypatch, "0")
     renderer, precomputed = _render_all(monkeypatch, "1")
-    assert getattr(plain_renderer.pipe.transformer, "_batchgen_modulation", None) is None
-    table = renderer.pipe.transformer._batchgen_modulation
+    assert peek(plain_renderer.pipe.transformer).modulation is None
+    table = peek(renderer.pipe.transformer).modulation
     assert table is not None
     for a, b in zip(plain, precomputed):
         assert a.shape == b.shape
@@ -64,7 +67,7 @@ def test_unprepared_or_overrun_table_raises(monkeypatch):
     renderer.encode([job.prompt])
     renderer.render(job)  # prepares the table for 3 steps
     pipe = renderer.pipe
-    table = pipe.transformer._batchgen_modulation
+    table = peek(pipe.transformer).modulation
     embeds, mask = renderer._embeds[job.prompt]
     call = dict(num_frames=7, height=48, width=64, guidance_scale=1.0, output_type="latent",
                 prompt_embeds=embeds, prompt_attention_mask=mask, max_sequence_length=renderer.loaded.max_sequence_length)

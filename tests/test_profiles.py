@@ -1,6 +1,10 @@
 """Memory profiles: naming, choice, OOM step-down and the time-chunked VAE decode (CPU; GPU bits skipped)."""
 
+
 from __future__ import annotations
+
+from batchgen.engine import placement
+from batchgen.engine.module_state import peek
 
 import importlib.util
 
@@ -69,27 +73,27 @@ def test_fallback_chain_keeps_precision():
 
 
 def test_load_kwargs_dtypes():
-    assert profiles.load_kwargs("cpu", "cpu") == {"dtype": torch.float32}
+    assert placement.load_kwargs("cpu", "cpu") == {"dtype": torch.float32}
     for name in ("resident", "offload", "group-offload", "fp8"):
-        kwargs = profiles.load_kwargs(name, "cuda")
+        kwargs = placement.load_kwargs(name, "cuda")
         assert kwargs == {"dtype": torch.bfloat16}
-    assert profiles.text_encoder_dtype("resident", quality=True) == torch.float32
-    assert profiles.text_encoder_dtype("resident", quality=False) == torch.bfloat16
+    assert placement.text_encoder_dtype("resident", quality=True) == torch.float32
+    assert placement.text_encoder_dtype("resident", quality=False) == torch.bfloat16
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_load_kwargs_quantized():
     for name, backend in (("int8", "bitsandbytes_8bit"), ("nf4", "bitsandbytes_4bit")):
-        config = profiles.load_kwargs(name, "cuda")["quantization_config"]
+        config = placement.load_kwargs(name, "cuda")["quantization_config"]
         assert config.quant_backend == backend
 
 
 def test_resident_blocks_are_spread():
-    assert profiles._resident_block_indices(48, 0) == []
-    picked = profiles._resident_block_indices(48, 10)
+    assert placement._resident_block_indices(48, 0) == []
+    picked = placement._resident_block_indices(48, 10)
     assert len(picked) == 10 and picked == sorted(set(picked))
     assert max(b - a for a, b in zip(picked, picked[1:])) <= 6  # no long run of streamed blocks
-    assert profiles._resident_block_indices(4, 9) == [0, 1, 2, 3]
+    assert placement._resident_block_indices(4, 9) == [0, 1, 2, 3]
 
 
 @pytest.fixture(scope="module")

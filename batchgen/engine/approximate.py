@@ -11,16 +11,22 @@ records say what made them, and `batchgen reproduce` turns the same accelerator 
 
 FasterCache is left out: it drops the unconditional half of the CFG batch on some steps, which neither
 batchgen's precomputed modulation (batch-2 tables) nor its frame hashes are built for.
+
+Only option parsing and checking live here (no torch: manifest/ uses them); turning an accelerator on is
+approximate_hooks.py's.
 """
 
 from __future__ import annotations
 
 import re
 
+from batchgen.engine.profile_registry import names as _profiles_where
+
 NAMES = ("first-block-cache", "pab")
 # The cache hooks wrap block and attention forwards: compiled blocks (fast) would trace them, and the
-# streaming hooks of group-offload/offload move weights around the very calls they skip.
-PROFILES_ALLOWED = ("cpu", "resident", "fp8", "int8", "nf4")
+# streaming hooks of group-offload/offload move weights around the very calls they skip. Each profile's
+# declaration says (profile_registry.Profile.allows_approximate).
+PROFILES_ALLOWED = _profiles_where(allows_approximate=True)
 DEFAULT_FBC_THRESHOLD = 0.05
 
 _SPEC = re.compile(r"^(?:fbc(?P<t>\d+(?:\.\d+)?)|pab)$")
@@ -89,35 +95,3 @@ def describe(spec: str | None) -> str:
     if spec == "pab":
         return "pyramid attention broadcast"
     return f"first-block cache (threshold {spec[3:]})"
-
-
-def apply(pipe, spec: str | None) -> None:
-    """Turn the accelerator on for the pipeline's transformer (once; a no-op for None)."""
-    transformer = pipe.transformer
-    if not spec or getattr(transformer, "_batchgen_approximate", None) == spec:
-        return
-    if getattr(transformer, "_batchgen_approximate", None):
-        transformer.disable_cache()
-    if spec == "pab":
-        from diffusers import PyramidAttentionBroadcastConfig
-
-        # diffusers' documented setting for Mochi-like models; Mochi's pipeline reports 1000 - t, so the
-        # range counts in the usual direction.
-        config = PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2,
-            spatial_attention_timestep_skip_range=(100, 800),
-            current_timestep_callback=lambda: pipe.current_timestep,
-        )
-    else:
-        from diffusers import FirstBlockCacheConfig
-
-        config = FirstBlockCacheConfig(threshold=float(spec[3:]))
-    transformer.enable_cache(config)
-    transformer._batchgen_approximate = spec
-
-
-def remove(pipe) -> None:
-    transformer = pipe.transformer
-    if getattr(transformer, "_batchgen_approximate", None):
-        transformer.disable_cache()
-        transformer._batchgen_approximate = None

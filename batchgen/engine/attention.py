@@ -39,6 +39,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from batchgen.engine.module_state import state
+
 BACKENDS = ("sdpa", "cudnn", "flash-varlen", "fa3", "prefix")
 # Fastest first. H100, torch 2.11, cuDNN 9.19, 163 frames (benchmarks/results/speed_h100.json): prefix 572
 # TFLOP/s (torch's unmasked kernel there is cuDNN), masked sdpa/cudnn ~404 (a mask takes cuDNN and the
@@ -236,7 +238,7 @@ def install(transformer, backend: str = "auto") -> str:
     processor = BatchgenMochiAttnProcessor(backend)
     for attn in _attention_modules(transformer):
         attn.processor = processor
-    transformer._batchgen_attention = backend
+    state(transformer).attention = backend
     return backend
 
 
@@ -246,7 +248,7 @@ def uninstall(transformer) -> None:
 
     for attn in _attention_modules(transformer):
         attn.processor = MochiAttnProcessor2_0()
-    transformer._batchgen_attention = None
+    state(transformer).attention = None
 
 
 @contextlib.contextmanager

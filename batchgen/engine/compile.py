@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from batchgen.engine.module_state import state
+
 # Two block variants (the last block has no text stream) times a few video shapes per batch: dynamo's
 # default of 8 cached graphs per code object would silently drop the later shapes back to eager.
 RECOMPILE_LIMIT = 64
@@ -46,13 +48,13 @@ def compile_blocks(transformer, mode: str | None = None, *, fullgraph: bool = Tr
     blocks = transformer.transformer_blocks
     for block in blocks:
         block.compile(fullgraph=fullgraph, dynamic=dynamic, mode=mode)
-    transformer._batchgen_compiled = True
+    state(transformer).compiled = True
     return CompileStats(
         blocks=len(blocks),
         mode=mode,
         fullgraph=fullgraph,
         dynamic=dynamic,
-        attention=getattr(transformer, "_batchgen_attention", None),
+        attention=state(transformer).attention,
         torch=torch.__version__,
     )
 
@@ -61,7 +63,7 @@ def uncompile_blocks(transformer) -> None:
     """Back to eager blocks (the compiled graphs stay in dynamo's cache until reset)."""
     for block in transformer.transformer_blocks:
         block._compiled_call_impl = None
-    transformer._batchgen_compiled = False
+    state(transformer).compiled = False
 
 
 def graph_breaks(block, *args, **kwargs) -> tuple[int, list[str]]:

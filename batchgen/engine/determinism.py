@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+from batchgen import settings
 from collections.abc import Iterator
 
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -90,4 +92,4 @@ def settings(enabled: bool = True) -> Iterator[None]:
 def requested() -> bool:
     """Whether a parent process runs in deterministic mode: worker processes inherit the environment, not
     torch's settings, so a worker wraps its loop in `settings(requested())`."""
-    return os.environ.get(REQUEST_ENV, "") not in ("", "0")
+    return settings.deterministic_requested()

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from batchgen.engine import profile_registry
+
 DEFAULT_MODEL = "genmo/mochi-1-preview"
 # Longest Mochi video and the manifest default: the sizes the profile table is worked out for.
 SIZES = {"163 frames 480x848": (163, 480, 848), "19 frames 480x848": (19, 480, 848)}
@@ -118,18 +120,9 @@ def check_gpus(devices: list[dict]) -> list[Check]:
 
 
 def profile_needs() -> dict[str, dict[str, float]]:
-    """GiB each profile needs for each of SIZES, from batchgen.engine.profiles' own memory model."""
-    from batchgen.engine import profiles
-
-    needs: dict[str, dict[str, float]] = {}
-    for name in profiles.PROFILES:
-        if name in ("auto", "cpu"):
-            continue
-        try:
-            needs[name] = {label: profiles.estimate_peak_gib(name, *size) for label, size in SIZES.items()}
-        except (KeyError, TypeError, AttributeError):
-            continue  # a profile the memory model does not cover
-    return needs
+    """GiB each GPU profile needs for each of SIZES, from the profile registry's own memory model."""
+    return {name: {label: profile_registry.estimate_peak_gib(name, *size) for label, size in SIZES.items()}
+            for name in profile_registry.names(needs_cuda=True)}
 
 
 def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
@@ -144,10 +137,10 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
     fp8_cores = any(tuple(int(x) for x in str(d.get("capability", "0.0")).split(".")) >= MIN_CAPABILITY
                     for d in devices)
     for name, by_size in needs.items():
-        if name == "fp8-fast" and not fp8_cores:
+        if profile_registry.REGISTRY[name].needs_fp8_cores and not fp8_cores:
             parts.append(f"{name} needs an Ada or Hopper GPU")
             continue
-        usable = bnb_ok or name not in ("int8", "nf4")
+        usable = bnb_ok or not profile_registry.REGISTRY[name].needs_bitsandbytes
         sizes = [label for label, gib in by_size.items() if gib <= free]
         longest = next(iter(SIZES))
         if usable and longest in sizes:
@@ -156,7 +149,7 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
         mark = "fits" if longest in sizes else ("fits 19 frames" if sizes else "too big")
         parts.append(f"{name} ~{need:.0f} GiB {mark if usable else 'needs bitsandbytes'}")
     detail = f"{free:.1f} GiB free on the largest GPU; for 163 frames at 480x848: " + "; ".join(parts)
-    if "resident" in fit_long:
+    if profile_registry.auto_order()[0] in fit_long:
         return Check("profiles", OK, detail)
     if fit_long:
         return Check("profiles", WARN, detail + f". Fastest that fits: {fit_long[0]}",
@@ -166,12 +159,16 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
                  "nf4 needs bitsandbytes (`pip install -e \".[gpu]\"`)")
 
 
+def _bnb_profiles(sep: str) -> str:
+    return sep.join(profile_registry.names(needs_bitsandbytes=True))
+
+
 def check_bitsandbytes(devices: list[dict]) -> tuple[Check, bool]:
     if importlib.util.find_spec("bitsandbytes") is None:
         if devices:
-            return Check("bitsandbytes", WARN, "not installed: the int8 and nf4 profiles are unavailable",
+            return Check("bitsandbytes", WARN, f"not installed: the {_bnb_profiles(' and ')} profiles are unavailable",
                          "pip install -e \".[gpu]\"  (installs bitsandbytes)"), False
-        return Check("bitsandbytes", OK, "not installed; only the int8/nf4 profiles on a GPU need it"), False
+        return Check("bitsandbytes", OK, f"not installed; only the {_bnb_profiles('/')} profiles on a GPU need it"), False
     try:
         import bitsandbytes as bnb
     except Exception as exc:
@@ -179,7 +176,7 @@ def check_bitsandbytes(devices: list[dict]) -> tuple[Check, bool]:
                      "pip install --force-reinstall bitsandbytes (a build matching your CUDA)"), False
     version = getattr(bnb, "__version__", "?")
     if not devices:
-        return Check("bitsandbytes", OK, f"{version} installed (int8/nf4 need a CUDA GPU to run)"), False
+        return Check("bitsandbytes", OK, f"{version} installed ({_bnb_profiles('/')} need a CUDA GPU to run)"), False
     try:
         import torch
 

@@ -11,15 +11,12 @@ import json
 import platform
 from importlib import metadata
 
-from batchgen.engine import determinism
-from batchgen.engine import environment
-from batchgen.engine import profiles
+from batchgen import settings
+from batchgen.engine import determinism, environment, profiles
+from batchgen.engine.module_state import peek
+from batchgen.engine.profile_registry import REGISTRY
 
 FINGERPRINT_VERSION = 1
-
-# Quantized storage says more than the tensor dtype bitsandbytes packs it in (uint8 for nf4).
-_STORAGE = {"fp8": "float8_e4m3fn", "fp8-fast": "float8_e4m3fn (block linears, fp8 multiplies)",
-            "int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)"}
 
 
 def collect(renderer) -> dict:
@@ -34,7 +31,7 @@ def collect(renderer) -> dict:
     if remote is not None:  # a Ray actor's renderer: collected where the frames were made
         return remote
     key = (renderer.profile, getattr(renderer, "_denoiser_ready", None), torch.are_deterministic_algorithms_enabled())
-    cache = renderer.__dict__.setdefault("_batchgen_fingerprints", {})
+    cache = renderer.__dict__.setdefault("_fingerprints", {})
     if key not in cache:
         cache[key] = _collect(renderer)
     return cache[key]
@@ -66,11 +63,11 @@ def _collect(renderer) -> dict:
         # An opt-in approximate accelerator (batchgen.engine.approximate); None: exact.
         "approximate": approx,
         # AdaLN outputs precomputed per job (batchgen.engine.modulation): exact, recorded to show where they ran.
-        "precomputed_modulation": getattr(pipe.transformer, "_batchgen_modulation", None) is not None,
+        "precomputed_modulation": peek(pipe.transformer).modulation is not None,
         "dtypes": _dtypes(pipe, profile),
         "vae_tiling": bool(getattr(renderer, "vae_tiling", True)),
         # The CPU profile keeps diffusers' one-shot decode; GPU profiles decode in time chunks.
-        "decode_latent_frames": None if profile == "cpu" else profiles.DECODE_LATENT_FRAMES,
+        "decode_latent_frames": settings.decode_latent_frames() if _on_gpu(profile) else None,
         "max_sequence_length": loaded.max_sequence_length,
         "scheduler": _scheduler(pipe),
         "versions": versions,
@@ -104,11 +101,18 @@ def _dtype_of(module) -> str | None:
         return None
 
 
+def _on_gpu(profile: str) -> bool:
+    declared = REGISTRY.get(profile)
+    return declared is not None and declared.needs_cuda
+
+
 def _dtypes(pipe, profile: str) -> dict:
-    compute = _dtype_of(getattr(pipe, "transformer", None)) if profile == "cpu" else "bfloat16"
+    compute = "bfloat16" if _on_gpu(profile) else _dtype_of(getattr(pipe, "transformer", None))
+    declared = REGISTRY.get(profile)
     return {
         "compute": compute,
-        "transformer": _STORAGE.get(profile) or _dtype_of(getattr(pipe, "transformer", None)),
+        # Quantized storage says more than the tensor dtype bitsandbytes packs it in (uint8 for nf4).
+        "transformer": (declared and declared.storage) or _dtype_of(getattr(pipe, "transformer", None)),
         "text_encoder": _dtype_of(getattr(pipe, "text_encoder", None)),
         "vae": _dtype_of(getattr(pipe, "vae", None)),
     }

@@ -18,6 +18,8 @@ import functools
 import torch
 from torch import nn
 
+from batchgen.engine.module_state import state
+
 E4M3_MAX = 448.0
 # fp8 tensor cores: Ada (8.9), Hopper (9.0) and newer.
 MIN_CAPABILITY = (8, 9)
@@ -77,7 +79,7 @@ def _eligible(name: str, module: nn.Module) -> bool:
 
 def convert_blocks(transformer: nn.Module, keep_originals: bool = False) -> int:
     """Swap the eligible linear layers of every transformer block for Fp8Linear, in place. Returns how many.
-    `keep_originals` holds on to the bf16 layers so `restore_blocks` can put them back (benchmarks)."""
+    `keep_originals` holds on to the bf16 layers so benchmarks can put them back (benchmarks/helpers.py)."""
     count, originals = 0, []
     for block in transformer.transformer_blocks:
         for name, module in list(block.named_modules()):
@@ -89,17 +91,10 @@ def convert_blocks(transformer: nn.Module, keep_originals: bool = False) -> int:
             if keep_originals:
                 originals.append((parent, child, module))
             count += 1
-    transformer._batchgen_fp8_linears = count
-    transformer._batchgen_fp8_originals = originals if keep_originals else None
+    done = state(transformer)
+    done.fp8_linears = count
+    done.fp8_originals = originals if keep_originals else None
     return count
-
-
-def restore_blocks(transformer: nn.Module) -> None:
-    """Undo `convert_blocks(..., keep_originals=True)`."""
-    for parent, child, module in getattr(transformer, "_batchgen_fp8_originals", None) or []:
-        setattr(parent, child, module)
-    transformer._batchgen_fp8_linears = 0
-    transformer._batchgen_fp8_originals = None
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,25 +16,29 @@ benchmark checks the frame hashes at real size.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from batchgen import settings
+from batchgen.engine.module_state import state
+from batchgen.engine.profile_registry import get as _declared
+
 _MISSING = object()
 
 
 def enabled(profile: str) -> bool:
-    """Profiles that precompute modulation. BATCHGEN_PRECOMPUTE_MODULATION=0 turns it off, =1 also turns it
-    on for the cpu profile (tests). Compiled (`fast`) and nf4 keep the layers; int8 detaches batchgen's int8
-    layers (int8_linear.py), not bitsandbytes' own."""
-    setting = os.environ.get("BATCHGEN_PRECOMPUTE_MODULATION", "")
-    if setting == "0":
+    """Profiles declared `precomputes_modulation`. BATCHGEN_PRECOMPUTE_MODULATION off turns it off, on also
+    turns it on for the cpu profile (tests). Compiled (`fast`) and nf4 keep the layers; int8 detaches
+    batchgen's int8 layers (int8_linear.py), not bitsandbytes' own."""
+    setting = settings.precompute_modulation()
+    if setting is False:
         return False
-    if profile in ("resident", "group-offload", "fp8", "int8"):
+    declared = _declared(profile)
+    if declared.precomputes_modulation:
         return True
-    return setting == "1" and profile == "cpu"
+    return setting is True and not declared.needs_cuda
 
 
 class _Lookup(nn.Module):
@@ -99,7 +103,7 @@ class ModulationTable:
 def detach(transformer: nn.Module) -> ModulationTable | None:
     """Replace every block's AdaLN linear layers with table lookups and keep their weights on the CPU.
     Returns the table, or None when the model is not shaped like Mochi (nothing changed then)."""
-    existing = getattr(transformer, "_batchgen_modulation", None)
+    existing = state(transformer).modulation
     if existing is not None:
         return existing
     blocks = getattr(transformer, "transformer_blocks", None)
@@ -130,8 +134,9 @@ def detach(transformer: nn.Module) -> ModulationTable | None:
         table.layers.append(_Layer(key, norm, attr, weight, bias, attr == "linear_1", scale))
     for layer in table.layers:
         setattr(layer.norm, layer.attr, _Lookup(table, layer.key))
-    transformer._batchgen_modulation = table
-    transformer._batchgen_modulation_hook = transformer.register_forward_pre_hook(table.advance)
+    done = state(transformer)
+    done.modulation = table
+    done.modulation_hook = transformer.register_forward_pre_hook(table.advance)
     return table
 
 
@@ -167,7 +172,7 @@ def _capture_calls(pipe, call: dict) -> list[tuple]:
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     transformer = pipe.transformer
-    table: ModulationTable = transformer._batchgen_modulation
+    table: ModulationTable = state(transformer).modulation
     calls: list[tuple] = []
 
     def stand_in(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, attention_kwargs=None, return_dict=True):
@@ -202,7 +207,7 @@ def prepare(pipe, call: dict, key: tuple) -> float:
 
     start = time.perf_counter()
     transformer = pipe.transformer
-    table: ModulationTable = transformer._batchgen_modulation
+    table: ModulationTable = state(transformer).modulation
     table.step = -1
     if table.key == key and table.rows is not None:
         return time.perf_counter() - start
@@ -241,6 +246,6 @@ def prepare(pipe, call: dict, key: tuple) -> float:
 
 def release(transformer: nn.Module) -> None:
     """Drop the current table's GPU memory (between batches, or before a profile switch)."""
-    table = getattr(transformer, "_batchgen_modulation", None)
+    table = state(transformer).modulation
     if table is not None:
         table.rows, table.key, table.step = None, None, -1

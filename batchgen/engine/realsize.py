@@ -7,11 +7,10 @@ target dtype, because a CPU fp32 init of 15B parameters takes minutes and 60 GB 
 
 from __future__ import annotations
 
-import os
-
 import contextlib
 import string
-import time
+
+from batchgen import settings
 
 REALSIZE = "realsize"
 
@@ -83,7 +82,6 @@ def build_realsize_pipeline(
     from transformers import T5Config, T5EncoderModel
 
     dtype = dtype or torch.bfloat16
-    start = time.perf_counter()
     built = {}
     for name, make, mdtype in (
         ("transformer", lambda: MochiTransformer3DModel(), dtype),
@@ -106,7 +104,6 @@ def build_realsize_pipeline(
     )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    pipe._realsize_build_seconds = time.perf_counter() - start
     return pipe
 
 
@@ -121,9 +118,6 @@ def materialize_transformer(pipe, device: str = "cuda", seed: int = 0) -> None:
     _randomize(transformer, seed)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-INT8_THRESHOLD = float(os.environ.get("BATCHGEN_BENCH_INT8_THRESHOLD", "6.0"))
 
 
 def quantize_transformer_inplace(transformer, kind: str) -> int:
@@ -162,7 +156,7 @@ def quantize_transformer_inplace(transformer, kind: str) -> int:
                         has_fp16_weights=False,
                         # What from_pretrained gives: diffusers' BitsAndBytesConfig(load_in_8bit=True) keeps
                         # LLM.int8's outlier threshold of 6.0 (runs 1-4 used 0.0, which measured a cheaper kernel).
-                        threshold=INT8_THRESHOLD,
+                        threshold=settings.bench_int8_threshold(),
                         device="meta",
                     )
                     new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)

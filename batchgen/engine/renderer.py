@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from batchgen.engine import approximate
-from batchgen.outputs import atomic as files
-from batchgen.engine import modulation
-from batchgen.engine import profiles
-from batchgen.job import Job
+from batchgen import settings
+from batchgen.engine import approximate, approximate_hooks, modulation, placement, profiles
 from batchgen.engine.loading import LoadedPipeline, load_pipeline
+from batchgen.engine.module_state import peek
+from batchgen.engine.profile_registry import get as declared
+from batchgen.job import Job
+from batchgen.outputs import atomic as files
 
 
 @dataclass
@@ -60,9 +61,7 @@ def _quiet_diffusers() -> None:
 
 def cpu_threads() -> int:
     """Threads for the cpu profile: BATCHGEN_CPU_THREADS, default 1 (the tiny model gains little from more)."""
-    import os
-
-    return max(1, int(os.environ.get("BATCHGEN_CPU_THREADS", "1")))
+    return settings.cpu_threads()
 
 
 class Renderer:
@@ -135,7 +134,7 @@ class Renderer:
             # Before loading: casting the tiny model's modules to bf16 is one of the notices it silences.
             _quiet_diffusers()
             self.loaded = load_pipeline(
-                self.model, revision=self.revision, load_kwargs=profiles.load_kwargs(self.profile, self.device)
+                self.model, revision=self.revision, load_kwargs=placement.load_kwargs(self.profile, self.device)
             )
             self.loaded.pipe.set_progress_bar_config(
                 disable=not self.progress, leave=False, position=1, desc="steps", dynamic_ncols=True
@@ -151,7 +150,7 @@ class Renderer:
         if self.cache_dir is None:
             return None
         loaded = self.load()
-        te_dtype = str(profiles.text_encoder_dtype(self.profile, self.quality)).replace("torch.", "")
+        te_dtype = str(placement.text_encoder_dtype(self.profile, self.quality)).replace("torch.", "")
         key = f"{loaded.model}\n{loaded.revision}\n{te_dtype}\n{loaded.max_sequence_length}\n{text}"
         return self.cache_dir / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".pt")
 
@@ -173,12 +172,12 @@ class Renderer:
             missing.append(text)
         if not missing:
             return
-        if self._denoiser_ready and self.profile != "cpu":
+        if self._denoiser_ready and declared(self.profile).needs_cuda:
             # On a GPU profile the text encoder has been freed for the denoiser's sake.
             raise RuntimeError("all texts must be encoded before the first render on a GPU profile: call encode() first")
         pipe = self.pipe
         if not self._denoiser_ready:
-            profiles.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
+            placement.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
         with torch.inference_mode():
             for text in missing:
                 embeds, mask, _, _ = pipe.encode_prompt(
@@ -210,9 +209,9 @@ class Renderer:
         if refused:
             raise ValueError(refused)  # before freeing T5 and placing the denoiser for nothing
         pipe = self.pipe
-        profiles.release_text_encoder(pipe)
-        profiles.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
-        approximate.apply(pipe, self.approximate)
+        placement.release_text_encoder(pipe)
+        placement.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
+        approximate_hooks.apply(pipe, self.approximate)
         self._denoiser_ready = True
         if self.device.startswith("cuda"):
             import torch
@@ -234,9 +233,9 @@ class Renderer:
         old = self.profile
         if self.loaded is not None:
             if self._denoiser_ready:
-                profiles.teardown_denoiser(self.pipe, old)
+                placement.teardown_denoiser(self.pipe, old)
             else:
-                profiles.release_text_encoder(self.pipe)
+                placement.release_text_encoder(self.pipe)
         self._denoiser_ready = False
         self.profile = new
         self.choice = profiles.ProfileChoice(new, self.device, f"stepped down from {old} after running out of GPU memory")
@@ -252,7 +251,7 @@ class Renderer:
         self.encode(texts)
         self._ensure_denoiser()
         pipe = self.pipe
-        dtype = pipe.transformer.dtype if self.profile == "cpu" else torch.bfloat16
+        dtype = pipe.transformer.dtype if declared(self.profile).placement == "cpu" else torch.bfloat16
         device = torch.device(self.device)
         embeds, mask = self._embeds[job.prompt]
         kwargs = {
@@ -282,7 +281,7 @@ class Renderer:
             max_sequence_length=self.load().max_sequence_length,
             **kwargs,
         )
-        table = getattr(pipe.transformer, "_batchgen_modulation", None)
+        table = peek(pipe.transformer).modulation
         start = time.perf_counter()
         with torch.inference_mode():
             if table is not None:
@@ -353,12 +352,12 @@ def decode_latents(pipe, latents, profile: str, device: str, quality: bool, chun
     """
     vae = pipe.vae
     vae_dtype = next(vae.parameters()).dtype
-    if profile == "offload":
+    if declared(profile).placement == "model-offload":
         vae.to(device)  # diffusers' offload hooks parked it on the CPU at the end of the pipeline call
     z = denormalize_latents(vae, latents.to(device), vae_dtype if quality else latents.dtype).to(vae_dtype)
-    if profile == "cpu":
+    if declared(profile).placement == "cpu":
         return vae.decode(z, return_dict=False)[0]
-    return decode_video(vae, z, profiles.DECODE_LATENT_FRAMES if chunk is None else chunk)
+    return decode_video(vae, z, settings.decode_latent_frames() if chunk is None else chunk)
 
 
 def decode_video(vae, z, latent_frames_per_chunk: int):

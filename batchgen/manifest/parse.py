@@ -30,7 +30,7 @@ import yaml
 from batchgen.errors import ManifestError
 from batchgen.job import JOB_DEFAULTS, JOB_FIELDS, Job
 from batchgen.outputs.naming import PLACEHOLDERS, render_output_name, safe_file_stem
-from batchgen.engine.profiles import PROFILES
+from batchgen.engine.profile_registry import PROFILES
 
 __all__ = [
     "Entry",

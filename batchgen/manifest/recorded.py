@@ -22,14 +22,9 @@ from pathlib import Path, PurePosixPath
 from batchgen.engine import approximate
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.parse import Entry, _Bad, _normalise, _read_text, _State
-from batchgen.engine.profiles import PROFILES, int8_hint, precision as precision_of
+from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
-# The profile that renders a precision when the rows do not agree on one (or name none): auto only
-# picks bf16 profiles (or nf4 when nothing fits, which the runner reports).
-_PROFILE_FOR = {"fp32": "cpu", "bf16": "auto", "bf16-compiled": "fast", "fp8-rowwise-compiled": "fp8-fast",
-                "bf16-offload": "offload", "fp8": "fp8",
-                "int8-bf16": "int8", "int8": "int8", "nf4": "nf4"}
 
 
 def load_records(state: _State, *, profile_override: str | None = None) -> None:
@@ -75,8 +70,9 @@ def load_records(state: _State, *, profile_override: str | None = None) -> None:
     profiles = {r["profile"] for r in runs if r["profile"]}
     if len(profiles) == 1 and next(iter(profiles)) in PROFILES:
         state.profile = next(iter(profiles))
-    elif base in _PROFILE_FOR:
-        state.profile = _PROFILE_FOR[base]
+    elif profile_for_precision(base) is not None:
+        # The rows do not agree on a profile (or name none): the one the registry says renders this precision.
+        state.profile = profile_for_precision(base)
     hint = int8_hint(exact)
     if hint:
         state.warnings.append(f"{state.display}: the records are at precision {precision}, int8 now renders "
