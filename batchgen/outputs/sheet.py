@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from batchgen.errors import BatchgenError
+from batchgen.outputs.caption_font import CaptionFonts
 from batchgen.outputs.atomic import publish, temp_path
 
 SHEET_NAME = "contact_sheet.png"
@@ -73,37 +74,47 @@ def entries_from_store(out: Path, store) -> list[Entry]:
     ]
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    # Pillow >= 10.1 embeds a scalable font; older ones only have a small bitmap font.
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
-
-
 def _truncate(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
 def _wrap(draw, text: str, font, width: int, lines: int) -> list[str]:
-    words = text.split(" ")
+    def fits(candidate: str) -> bool:
+        return draw.textlength(candidate, font=font) <= width
+
     out: list[str] = []
     line = ""
-    for word in words:
-        trial = f"{line} {word}".strip()
-        if draw.textlength(trial, font=font) <= width or not line:
-            line = trial
-        else:
+    for word in text.split(" "):
+        sep = " " if line else ""
+        if fits(line + sep + word):
+            line += sep + word
+        elif fits(word):
             out.append(line)
             line = word
+        else:
+            # Wider than a line (Chinese and Japanese write no spaces): cut between characters.
+            line += sep
+            for ch in word:
+                if fits(line + ch) or not line.strip():
+                    line += ch
+                else:
+                    out.append(line.rstrip())
+                    line = ch
     out.append(line)
     if len(out) > lines:
         out = out[:lines]
         out[-1] = out[-1].rstrip(".\u2026 ") + "\u2026"
     return out
+
+
+def caption(entry: Entry, fonts: CaptionFonts):
+    """(font, caption text) for one video; characters no installed font draws become '?' with a note."""
+    text = f"seed {entry.seed} \u00b7 {_truncate(entry.prompt, _PROMPT_CHARS)}"
+    font, text, missing = fonts.fit(text)
+    if missing:
+        text = f"(no installed font draws {missing} of its characters, shown as ?) {text}"
+    return font, text
 
 
 def render_sheet(entries: list[Entry], *, columns: int = 1, thumb_width: int = THUMB_WIDTH):
@@ -112,7 +123,7 @@ def render_sheet(entries: list[Entry], *, columns: int = 1, thumb_width: int = T
 
     if columns < 1:
         raise SheetError(f"--columns must be at least 1, got {columns}")
-    font = _font(13)
+    fonts = CaptionFonts(13)
     line_h = 17
     cells = []
     for entry in entries:
@@ -137,7 +148,7 @@ def render_sheet(entries: list[Entry], *, columns: int = 1, thumb_width: int = T
             x = _PAD + col * (cell_w + _PAD)
             for k, thumb in enumerate(thumbs):
                 sheet.paste(thumb, (x + k * (thumb_width + _PAD), y))
-            text = f"seed {entry.seed} \u00b7 {_truncate(entry.prompt, _PROMPT_CHARS)}"
+            font, text = caption(entry, fonts)
             for n, line in enumerate(_wrap(draw, text, font, cell_w, _CAPTION_LINES)):
                 draw.text((x, y + thumb_h + 4 + n * line_h), line, fill=(235, 235, 230), font=font)
         y += row_h + _PAD

@@ -197,22 +197,20 @@ def verify(out: Path, store: Store, *, decode: bool = False) -> VerifyReport:
 
 
 def startup_check(out: Path, store: Store, log: Callable[[str], None]) -> int:
-    """At the start of a render: done jobs whose video is gone go back to pending, named in a warning;
-    an index edited by hand is kept as a copy before the run rewrites it. Returns how many were requeued.
+    """At the start of a render: done jobs whose video is gone or cut short go back to pending (a damaged
+    file to OUT/quarantine/ first), named in one warning line; an index edited by hand is kept as a copy
+    before the run rewrites it. Returns how many were requeued.
 
-    Cheap enough for every run: one stat per done job and one read of the index, no hashing.
+    Cheap enough for every run: one stat per done job (a few header reads where no size is recorded yet),
+    one read of the index, no hashing. `verify` is the thorough check.
     """
     out = Path(out)
     # The index first: requeueing a job below takes its row out of what the index should hold.
     report = compare_index(out, store)
-    missing = check_videos(out, store, checksums=False)
-    if missing:
-        requeue(out, store, missing)
-        names = ", ".join(p.path for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        log(
-            f"batchgen: warning: {len(missing)} finished video(s) are missing from {out} ({names}); "
-            "their jobs go back to the queue and render again"
-        )
+    problems = quick_check(out, store)
+    if problems:
+        requeue(out, store, problems)
+        log(_startup_warning(out, problems))
     if report.edited:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         copy = out / f"{index.INDEX_NAME}.edited-{stamp}.bak"
@@ -222,4 +220,80 @@ def startup_check(out: Path, store: Store, log: Callable[[str], None]) -> int:
             f"rewritten from the database, which is the record of what was rendered. Your copy is kept as {copy.name}:\n"
             + "\n".join(report.explain(5))
         )
-    return len(missing)
+    return len(problems)
+
+
+def quick_check(out: Path, store: Store) -> list[VideoProblem]:
+    """Done jobs whose video is missing, or whose size is not the recorded one (or, with no size recorded
+    yet, is empty or has MP4 boxes running past its end); records the size of the sound ones not yet sized."""
+    out = Path(out)
+    problems: list[VideoProblem] = []
+    sized: list[tuple[int, str]] = []
+    for row in store.done_rows():
+        rel = row["output_path"] or ""
+        path = out / rel
+        base = dict(job_id=row["job_id"], source=row["source"] or "", path=rel)
+        try:
+            size = path.stat().st_size if rel and path.is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            problems.append(VideoProblem(**base, kind="missing", detail="the video is gone (deleted or moved by hand?)"))
+            continue
+        recorded = row.get("video_bytes")
+        if recorded is not None:
+            if size != recorded:
+                problems.append(VideoProblem(**base, kind="corrupt", detail=f"{size} bytes, {recorded} recorded when it was written"))
+            continue
+        damage = mp4_damage(path, size)
+        if damage:
+            problems.append(VideoProblem(**base, kind="corrupt", detail=damage))
+        else:
+            sized.append((size, row["job_id"]))
+    if sized:
+        # Older batches recorded no size: from now on a truncation is one stat away from being noticed.
+        with store.db.conn:
+            store.db.conn.executemany("update jobs set video_bytes=? where job_id=? and video_bytes is null", sized)
+    return problems
+
+
+def mp4_damage(path: Path, size: int) -> str | None:
+    """Why `path` cannot be a whole MP4 (empty, or its top-level boxes do not end exactly at its end), or None."""
+    if size == 0:
+        return "0 bytes (cut short)"
+    offset = 0
+    with open(path, "rb") as fh:
+        while offset < size:
+            fh.seek(offset)
+            header = fh.read(16)
+            if len(header) < 8:
+                return f"{size} bytes, ends inside an MP4 box header at byte {offset} (cut short?)"
+            box = int.from_bytes(header[:4], "big")
+            if box == 1:  # a 64-bit size follows the type
+                if len(header) < 16:
+                    return f"{size} bytes, ends inside an MP4 box header at byte {offset} (cut short?)"
+                box = int.from_bytes(header[8:16], "big")
+            elif box == 0:  # the last box runs to the end of the file
+                return None
+            if box < 8:
+                return f"not an MP4: a box of {box} bytes at byte {offset}"
+            offset += box
+    if offset != size:
+        return f"{size} bytes, but its MP4 boxes need {offset} (cut short?)"
+    return None
+
+
+def _startup_warning(out: Path, problems: list[VideoProblem]) -> str:
+    def shown(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    if all(p.kind == "missing" for p in problems):
+        return (
+            f"batchgen: warning: {len(problems)} finished video(s) are missing from {out} "
+            f"({shown([p.path for p in problems])}); their jobs go back to the queue and render again"
+        )
+    items = [p.path if p.kind == "missing" else f"{p.path}: {p.detail}, moved to {p.moved_to}" for p in problems]
+    return (
+        f"batchgen: warning: {len(problems)} finished video(s) in {out} are missing or damaged ({shown(items)}); "
+        "their jobs go back to the queue and render again"
+    )

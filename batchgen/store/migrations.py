@@ -126,3 +126,22 @@ def m003_reliability(db: sqlite_utils.Database) -> None:
 def m005_notes(db: sqlite_utils.Database) -> None:
     # Free-text history of a job (OOM step-downs), kept apart from `error`, which a success clears.
     db["jobs"].add_column("notes", str)
+
+
+@migration
+def m006_video_bytes(db: sqlite_utils.Database) -> None:
+    # The finished video's size in bytes: every render's start compares it with one stat per video, which
+    # catches a truncated file without hashing it. A size left from an earlier file would send a good video
+    # to quarantine, so it is forgotten whenever the recorded sha256 changes without it (mark_pending, a
+    # re-render that does not record its size).
+    db["jobs"].add_column("video_bytes", int)
+    db.execute(
+        """
+        create trigger if not exists jobs_video_bytes_follow_sha256
+        after update of sha256 on jobs
+        when new.sha256 is not old.sha256 and new.video_bytes is old.video_bytes
+        begin
+            update jobs set video_bytes = null where job_id = new.job_id;
+        end
+        """
+    )
