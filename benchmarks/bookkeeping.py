@@ -55,6 +55,9 @@ ROW_TEMPLATE = {
 }
 
 
+STAND_IN_VIDEO = b"not an mp4, sized like one"
+
+
 def write_manifest(folder: Path, jobs: int) -> Path:
     """`jobs` distinct jobs: jobs/5 prompts in a prompts_file, five seeds each, tiny, 2 steps, small frames."""
     prompts = [f"prompt number {i}: a red fox running through fresh snow, shot {i % 7}" for i in range(jobs // SEEDS)]
@@ -111,7 +114,7 @@ def run(folder: Path, jobs: int) -> dict:
             row.update(file_name=rel, job_id=job.job_id, prompt=job.prompt, seed=job.seed, finished_at=now())
             store.mark_done(
                 job.job_id,
-                {"output_path": rel, "sha256": row["sha256"], "frames_sha256": row["frames_sha256"],
+                {"output_path": rel, "video_bytes": len(STAND_IN_VIDEO), "sha256": row["sha256"], "frames_sha256": row["frames_sha256"],
                  "render_seconds": 0.33, "seconds_per_step": 0.02, "profile": "cpu",
                  "fingerprint": json.dumps(row["fingerprint"]), "metadata": json.dumps(row, ensure_ascii=False)},
             )
@@ -119,10 +122,11 @@ def run(folder: Path, jobs: int) -> dict:
             steps["mark_done"] += d - c
             index.append(out, row)
             steps["index.append"] += time.perf_counter() - d
-        # What every run does once at its start and end, at this size (the videos exist, empty).
+        # What every run does once at its start and end, at this size (stand-in videos of the recorded size:
+        # an empty one would rightly be taken for a truncated video and requeued).
         (out / "videos").mkdir(exist_ok=True)
         for row in store.done_rows():
-            (out / row["output_path"]).touch()
+            (out / row["output_path"]).write_bytes(STAND_IN_VIDEO)
         e = time.perf_counter()
         requeued = verify.startup_check(out, store, lambda s: None)
         f = time.perf_counter()

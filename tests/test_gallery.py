@@ -94,7 +94,7 @@ def test_big_batches_are_rewritten_at_most_every_interval(tmp_path, monkeypatch)
     out = tmp_path / "out"
     store = make_run(out, [{"prompt": "one"}, {"prompt": "two", "status": "failed"}])
     page = out / "index.html"
-    monkeypatch.setattr(gallery, "GALLERY_INTERVAL", 3600)
+    monkeypatch.setenv("BATCHGEN_GALLERY_INTERVAL", "3600")
     monkeypatch.setattr(gallery, "BIG_BATCH", 10)
     assert gallery.maybe_write_gallery(out, store) == page
     page.write_text("stale", encoding="utf-8")

@@ -112,3 +112,13 @@ def test_render_renders_again_a_finished_video_truncated_to_zero_bytes(tmp_path)
     again = [json.loads(line) for line in (out / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["job_id"]: r["frames_sha256"] for r in again} == {r["job_id"]: r["frames_sha256"] for r in index}
     assert run_cli("verify", out).exit_code == 0
+
+
+def test_a_finished_job_records_its_video_size_when_it_is_marked_done(tmp_path):
+    # Recorded with the job, not first at the next render's start: a same-shaped replacement file made
+    # before that start is caught by the size.
+    import sqlite3
+
+    _, out = render_small_batch(tmp_path, ["a lighthouse at dusk"], seeds=[3])
+    rows = sqlite3.connect(out / "batchgen.db").execute("select output_path, video_bytes from jobs").fetchall()
+    assert rows and all(size == (out / path).stat().st_size for path, size in rows)

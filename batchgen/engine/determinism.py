@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from batchgen import settings
+from batchgen import settings as batchgen_settings
 from collections.abc import Iterator
 
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -92,4 +92,4 @@ def settings(enabled: bool = True) -> Iterator[None]:
 def requested() -> bool:
     """Whether a parent process runs in deterministic mode: worker processes inherit the environment, not
     torch's settings, so a worker wraps its loop in `settings(requested())`."""
-    return settings.deterministic_requested()
+    return batchgen_settings.deterministic_requested()

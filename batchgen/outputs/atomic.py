@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from batchgen import faults
@@ -13,7 +14,9 @@ PARTIAL_SUFFIX = ".partial"
 
 def temp_path(final: Path) -> Path:
     # Hidden and without the final extension, so a crash never leaves something that looks like a video.
-    return final.with_name(f".{final.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # Unique per writer, process and thread: the Ray driver writes the gallery and the index from one
+    # thread per actor, and a name shared between two writers lets one's rename take the other's file.
+    return final.with_name(f".{final.name}.{os.getpid()}-{threading.get_native_id()}{PARTIAL_SUFFIX}")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
 
+from batchgen import settings
 from batchgen.outputs.atomic import write_text_atomic
 
 GALLERY_NAME = "index.html"
 
 # Above this many jobs a rewrite costs enough (and happens often enough) that the runner's per-job call
-# is throttled to one rewrite per GALLERY_INTERVAL seconds; the end of a run always writes.
+# is throttled to one rewrite per BATCHGEN_GALLERY_INTERVAL seconds (batchgen.settings); the end of a run always writes.
 BIG_BATCH = 2000
-GALLERY_INTERVAL = float(os.environ.get("BATCHGEN_GALLERY_INTERVAL", "60"))
 
 _last_write: dict[str, float] = {}
 _warned: set[str] = set()
@@ -90,14 +89,14 @@ def write_gallery(out: Path, store) -> Path:
 def maybe_write_gallery(out: Path, store, *, force: bool = False) -> Path | None:
     """The runner's call after each job (and, with force, at the end of a run).
 
-    Small batches are rewritten every time; big ones at most every GALLERY_INTERVAL seconds. A gallery
+    Small batches are rewritten every time; big ones at most every BATCHGEN_GALLERY_INTERVAL seconds. A gallery
     that cannot be written (disk full, permissions) never fails a job: it is reported once and skipped.
     """
     out = Path(out)
     key = str(out.resolve())
     if not force:
         last = _last_write.get(key)
-        if last is not None and time.monotonic() - last < GALLERY_INTERVAL:
+        if last is not None and time.monotonic() - last < settings.gallery_interval():
             if store.counts()["total"] > BIG_BATCH:
                 return None
     try:

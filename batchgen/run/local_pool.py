@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from batchgen import settings
 from batchgen.outputs import gallery
 from batchgen.outputs import metadata_index as index
 from batchgen.outputs.atomic import remove_partials
 from batchgen.outputs.unwritable import OutputUnwritable
 from batchgen.errors import BatchgenError
 
-DEFAULT_LEASE_SECONDS = 120.0
 # Network filesystems whose locks and SQLite WAL cannot be trusted between hosts.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "glusterfs", "fuse.glusterfs",
               "lustre", "ceph", "fuse.ceph", "9p", "afs", "gpfs", "beegfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone"}
@@ -78,7 +78,7 @@ def run_workers(manifest, out: Path, store, choice, precision: str, pending: int
     from batchgen.run.supervisor import VIDEO_DIR, Interrupted, _batch_bar, _SignalGuard
 
     refuse_network_filesystem(out)
-    lease = float(os.environ.get("BATCHGEN_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+    lease = settings.lease_seconds()
     config = {
         "out": str(out),
         "model": manifest.model,

@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from batchgen import settings
+
 
 class Heartbeat(threading.Thread):
     """Renews the lease of the job in hand every third of the lease, on a connection of its own."""
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> int:
     quiet_library_logs()
     config = json.loads(argv[0])
     # Fault-injection tests aim BATCHGEN_FAULT at one worker only.
-    only = os.environ.get("BATCHGEN_FAULT_WORKER")
+    only = settings.fault_worker()
     if only and only != config["worker"]:
         os.environ.pop("BATCHGEN_FAULT", None)
     out = Path(config["out"])

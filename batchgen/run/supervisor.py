@@ -16,7 +16,8 @@ from batchgen.engine import approximate
 from batchgen import faults
 from batchgen.outputs import gallery
 from batchgen.outputs import metadata_index as index
-from batchgen.engine import profiles
+from batchgen import settings
+from batchgen.engine import profile_registry, profiles
 from batchgen.errors import BatchgenError
 from batchgen.engine import determinism
 from batchgen.engine import fingerprint
@@ -208,7 +209,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
             "batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine."
         )
-    if choice.name in ("fast", "fp8-fast"):
+    if profile_registry.get(choice.name).compiles:
         # Inductor's cache beside the batch: a resumed run (and every worker) reuses the compiled kernels instead of rebuilding.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "cache" / "inductor"))
     if ray_address:
@@ -277,7 +278,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
 
 def write_behind_enabled() -> bool:
     """Encode each MP4 on a thread while the next job renders (BATCHGEN_WRITE_BEHIND=0 turns it off)."""
-    return os.environ.get("BATCHGEN_WRITE_BEHIND", "1") != "0"
+    return settings.write_behind()
 
 
 def work_loop(
@@ -441,6 +442,7 @@ class _WriteBehind:
                 {
                     "output_path": rel,
                     "sha256": sha,
+                    "video_bytes": final.stat().st_size,
                     "frames_sha256": rendered.frames_sha256,
                     "render_seconds": rendered.seconds,
                     "seconds_per_step": rendered.seconds_per_step,
@@ -514,7 +516,7 @@ def _job_failed(out: Path, store: Store, job: Job, final: Path, rel: str, exc: B
     gallery.maybe_write_gallery(out, store)
     if _is_oom(exc):
         _free_cuda()
-    if os.environ.get("BATCHGEN_DEBUG"):
+    if settings.debug():
         traceback.print_exc()
 
 
