@@ -1,0 +1,330 @@
+"""fp8 attention for Mochi's joint video-text attention (the approximate `fp8-attn` profile).
+
+At 163 frames attention is 71% of a denoising step's FLOP and bf16 attention tops out near 570 TFLOP/s on
+Hopper, so a step cannot go below ~4.2 s in bf16 whatever else is done: only lower precision inside
+attention gets past that. This module quantizes Q, K and V to float8 e4m3 with proper scales and runs an
+fp8 attention kernel; everything around it (projections, norms, rotary, output) is unchanged.
+
+Scaling (SageAttention's recipe, adapted to a floating-point format):
+- one scale per (sample, head) for each of Q, K and V, from the amax over that head's valid tokens
+  (padded text tokens excluded), mapping it to e4m3's largest value (448); the kernel multiplies the
+  scores and outputs back by the inverse (descale) in fp32;
+- K is smoothed first: the mean key over the valid tokens is subtracted per head and channel. Exact for
+  softmax (every score of a query moves by the same q.mean_k), and it keeps a large common component of
+  the keys (real models have such channel offsets) from eating e4m3's three mantissa bits;
+- V can be smoothed too (mean subtracted, added back to the output: exact because each softmax row sums
+  to one); off by default, measured in benchmarks/bench_fp8_attention.py.
+- P (the softmax probabilities) is quantized by the kernel itself: FA3 shifts the row max so P spans
+  [0, 256] before the e4m3 cast, cuDNN scales it by `scale_s`.
+
+Kernels (`KERNELS`), chosen by measurement on an H200 (benchmarks/results/fp8_attention_h200.json):
+- `fa3`: FlashAttention-3's fp8 forward from the `fa3-fwd` wheel (PyPI, 27 MB, Hopper only), varlen
+  with per-sample key counts (`seqused_k`), per-(sample, head) descales. The default.
+- `fa3-prefix`: the same kernel, one dense call per sample over its valid prefix (one host sync).
+- `cudnn`: cuDNN's fp8 SDPA through nvidia-cudnn-frontend (PyPI), padding mask; per-tensor scales only
+  and, on Hopper, an fp8 output (one more e4m3 rounding).
+- `emulated`: dequantize and run SDPA in fp32. Not fast: the reference the tests check the quantization
+  against (runs anywhere, the CPU included).
+
+The attention core is one opaque custom op (`batchgen::mochi_joint_attention_fp8`) taking the quantized
+tensors, so torch.compile fuses the quantization into the surrounding kernels (rotary, concatenation)
+and traces whole blocks without a break, as batchgen.attention does for the exact path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+try:  # inside the package (batchgen/engine/)
+    from .attention import _key_valid, _rotary
+except ImportError:  # standalone copy (benchmarks carry this file on its own)
+    try:
+        from batchgen.engine.attention import _key_valid, _rotary
+    except ImportError:
+        from batchgen.attention import _key_valid, _rotary
+
+E4M3_MAX = 448.0
+FP8 = torch.float8_e4m3fn
+KERNELS = ("fa3", "fa3-prefix", "cudnn", "emulated")
+DEFAULT_KERNEL = "fa3"
+# fp8 tensor cores with these kernels: Hopper (9.0). FA3's fp8 path is sm90-only; cuDNN's fp8 SDPA needs
+# 9.0 or newer (Blackwell builds differ and are not measured here).
+MIN_CAPABILITY = (9, 0)
+
+
+# -- kernels ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def fa3_module():
+    """FlashAttention-3's Python interface: the `fa3-fwd` wheel's, or a source build's; None if neither."""
+    for name in ("fa3_fwd_interface", "flash_attn_interface"):
+        try:
+            return __import__(name)
+        except Exception:  # noqa: BLE001 - a broken build is as good as none
+            continue
+    return None
+
+
+def _fa3(q8, k8, v8, qd, kd, vd, key_valid):
+    b, s, h, d = q8.shape
+    used = key_valid.sum(dim=1, dtype=torch.int32)
+    cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q8.device)
+    out = fa3_module().flash_attn_varlen_func(
+        q8.reshape(b * s, h, d), k8.reshape(b * s, h, d), v8.reshape(b * s, h, d), cu, cu, s, s,
+        seqused_q=used, seqused_k=used, q_descale=qd, k_descale=kd, v_descale=vd,
+    )
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.view(b, s, h, d)
+
+
+def _fa3_prefix(q8, k8, v8, qd, kd, vd, key_valid):
+    b, s, h, d = q8.shape
+    out = torch.zeros(b, s, h, d, dtype=torch.bfloat16, device=q8.device)
+    for i, n in enumerate(key_valid.sum(dim=1).tolist()):
+        o = fa3_module().flash_attn_func(
+            q8[i : i + 1, :n], k8[i : i + 1, :n], v8[i : i + 1, :n],
+            q_descale=qd[i : i + 1], k_descale=kd[i : i + 1], v_descale=vd[i : i + 1],
+        )
+        out[i : i + 1, :n] = o[0] if isinstance(o, tuple) else o
+    return out
+
+
+class _CudnnFp8:
+    """cuDNN fp8 SDPA graphs (nvidia-cudnn-frontend), one per shape; BSHD in, padding mask per sample."""
+
+    def __init__(self):
+        import cudnn
+
+        self.cudnn = cudnn
+        self.handles: dict = {}
+        self.graphs: dict = {}
+        self.out_fp8: dict = {}
+
+    def _handle(self, device):
+        handle = self.handles.get(device)
+        if handle is None:
+            handle = self.handles[device] = self.cudnn.create_handle()
+        self.cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+        return handle
+
+    def _build(self, b, s, h, d, device, out_bf16: bool):
+        cudnn = self.cudnn
+        e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+        graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32,
+                              handle=self._handle(device))
+        dims, strides = (b, h, s, d), (s * h * d, d, h * d, 1)  # BSHD memory seen as (B, H, S, D)
+        t = {n: graph.tensor(name=n, dim=dims, stride=strides, data_type=e4m3) for n in ("q", "k", "v")}
+        for n in ("dq", "dk", "dv", "ds", "ss", "so"):
+            t[n] = graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32)
+        for n in ("len_q", "len_kv"):
+            t[n] = graph.tensor(name=n, dim=(b, 1, 1, 1), stride=(1, 1, 1, 1), data_type=cudnn.data_type.INT32)
+        o, _, amax_s, amax_o = graph.sdpa_fp8(
+            q=t["q"], k=t["k"], v=t["v"], descale_q=t["dq"], descale_k=t["dk"], descale_v=t["dv"],
+            descale_s=t["ds"], scale_s=t["ss"], scale_o=t["so"], generate_stats=False,
+            attn_scale=d**-0.5, use_causal_mask=False, use_padding_mask=True,
+            seq_len_q=t["len_q"], seq_len_kv=t["len_kv"],
+        )
+        o.set_output(True).set_dim(dims).set_stride(strides).set_data_type(
+            cudnn.data_type.BFLOAT16 if out_bf16 else e4m3)
+        for amax in (amax_s, amax_o):
+            amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+        t["o"], t["amax_s"], t["amax_o"] = o, amax_s, amax_o
+        return graph, t
+
+    def __call__(self, q8, k8, v8, qd, kd, vd, key_valid):
+        b, s, h, d = q8.shape
+        key = (b, s, h, d, q8.device)
+        if key not in self.graphs:
+            last = None
+            for out_bf16 in (True, False):  # bf16 output where cuDNN has it; Hopper may need fp8 O
+                try:
+                    self.graphs[key] = self._build(b, s, h, d, q8.device, out_bf16)
+                    self.out_fp8[key] = not out_bf16
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    last = exc
+            else:
+                raise RuntimeError(f"cuDNN fp8 SDPA graph not supported here: {last}")
+        graph, t = self.graphs[key]
+        fp8_out = self.out_fp8[key]
+        used = key_valid.sum(dim=1, dtype=torch.int32).view(b, 1, 1, 1)
+        one = lambda x: x.reshape(-1)[:1].reshape(1, 1, 1, 1).float().contiguous()  # noqa: E731
+        dq, dk, dv = one(qd), one(kd), one(vd)
+        scale_s = torch.full((1, 1, 1, 1), E4M3_MAX, device=q8.device)
+        # O is a convex combination of V rows: |O| <= amax(V) = dv * 448, so this scale never overflows.
+        scale_o = (1.0 / dv) if fp8_out else torch.ones_like(dv)
+        out = torch.empty(b, s, h, d, device=q8.device, dtype=FP8 if fp8_out else torch.bfloat16)
+        amax = torch.empty(2, device=q8.device)
+        pack = {t["q"]: q8, t["k"]: k8, t["v"]: v8, t["dq"]: dq, t["dk"]: dk, t["dv"]: dv,
+                t["ds"]: 1.0 / scale_s, t["ss"]: scale_s, t["so"]: scale_o, t["len_q"]: used, t["len_kv"]: used,
+                t["o"]: out, t["amax_s"]: amax[0:1].view(1, 1, 1, 1), t["amax_o"]: amax[1:2].view(1, 1, 1, 1)}
+        workspace = torch.empty(graph.get_workspace_size(), device=q8.device, dtype=torch.uint8)
+        graph.execute(pack, workspace, handle=self._handle(q8.device))
+        if fp8_out:
+            return (out.float() * dv.view(1, 1, 1, 1)).to(torch.bfloat16)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cudnn_runner():
+    return _CudnnFp8()
+
+
+def _cudnn(q8, k8, v8, qd, kd, vd, key_valid):
+    return _cudnn_runner()(q8, k8, v8, qd, kd, vd, key_valid)
+
+
+def _emulated(q8, k8, v8, qd, kd, vd, key_valid):
+    q, k, v = (x.float() * s[:, None, :, None] for x, s in ((q8, qd), (k8, kd), (v8, vd)))
+    mask = key_valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).to(torch.bfloat16)
+
+
+_KERNELS = {"fa3": _fa3, "fa3-prefix": _fa3_prefix, "cudnn": _cudnn, "emulated": _emulated}
+
+
+@torch.library.custom_op("batchgen::mochi_joint_attention_fp8", mutates_args=())
+def joint_attention_fp8(
+    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    key_valid: torch.Tensor, kernel: str,
+) -> torch.Tensor:
+    """Softmax attention of e4m3 (B, S, H, D) q over k/v restricted to `key_valid` keys, each tensor
+    multiplied back by its (B, H) float32 descale. Returns bf16 (B, S, H, D); rows of invalid queries are 0."""
+    out = _KERNELS[kernel](q8, k8, v8, q_descale, k_descale, v_descale, key_valid)
+    # where, not a product: a kernel may leave the rows it skipped unwritten (NaN * 0 is NaN).
+    return torch.where(key_valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
+
+
+@joint_attention_fp8.register_fake
+def _(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel):
+    return torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
+
+
+# -- quantization ----------------------------------------------------------------------------------------
+def quantize(x: torch.Tensor, valid: torch.Tensor, *, smooth: bool = False, per_tensor: bool = False):
+    """(B, S, H, D) -> (e4m3 tensor, (B, H) float32 descale, mean subtracted (B, 1, H, D) or None).
+
+    The scale of each (sample, head) maps its amax over the valid tokens to 448 (`per_tensor`: one amax
+    over everything, for kernels that take one scale). `smooth` subtracts the per-channel mean over the
+    valid tokens first."""
+    xf = x.float()
+    m = valid[:, :, None, None].to(xf.dtype)
+    mean = None
+    if smooth:
+        mean = (xf * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        xf = xf - mean
+    amax = (xf.abs() * m).amax(dim=(1, 3))
+    if per_tensor:
+        amax = amax.amax().expand_as(amax)
+    amax = amax.clamp_min(1e-8)
+    scale = E4M3_MAX / amax
+    x8 = (xf * scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
+    return x8, (amax / E4M3_MAX).contiguous(), mean
+
+
+def attention_fp8(q, k, v, key_valid, kernel: str = DEFAULT_KERNEL, *, smooth_k: bool = True,
+                  smooth_v: bool = False, per_tensor: bool | None = None) -> torch.Tensor:
+    """The joint attention in fp8: quantize, attend, add V's mean back if it was taken out. bf16 out."""
+    if per_tensor is None:
+        per_tensor = kernel == "cudnn"  # cuDNN's fp8 SDPA takes one scale per tensor
+    q8, qd, _ = quantize(q, key_valid, per_tensor=per_tensor)
+    k8, kd, _ = quantize(k, key_valid, smooth=smooth_k, per_tensor=per_tensor)
+    v8, vd, v_mean = quantize(v, key_valid, smooth=smooth_v, per_tensor=per_tensor)
+    out = joint_attention_fp8(q8, k8, v8, qd, kd, vd, key_valid, kernel)
+    if v_mean is not None:
+        out = torch.where(key_valid[:, :, None, None], out.float() + v_mean, 0.0).to(out.dtype)
+    return out
+
+
+# -- the processor ---------------------------------------------------------------------------------------
+class Fp8MochiAttnProcessor:
+    """batchgen's exact processor (same projections, norms, rotary, output) with the attention core in fp8."""
+
+    def __init__(self, kernel: str = DEFAULT_KERNEL, *, smooth_k: bool = True, smooth_v: bool = False):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown fp8 attention kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
+        self.kernel, self.smooth_k, self.smooth_v = kernel, smooth_k, smooth_v
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None):
+        num_video, num_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
+
+        def heads(t):
+            return t.unflatten(2, (attn.heads, -1))
+
+        query = attn.norm_q(heads(attn.to_q(hidden_states)))
+        key = attn.norm_k(heads(attn.to_k(hidden_states)))
+        value = heads(attn.to_v(hidden_states))
+        enc_query = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
+        enc_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
+        enc_value = heads(attn.add_v_proj(encoder_hidden_states))
+        if image_rotary_emb is not None:
+            query = _rotary(query, *image_rotary_emb)
+            key = _rotary(key, *image_rotary_emb)
+        query = torch.cat([query, enc_query], dim=1)
+        key = torch.cat([key, enc_key], dim=1)
+        value = torch.cat([value, enc_value], dim=1)
+        key_valid = _key_valid(attention_mask, num_video)
+
+        out = attention_fp8(query, key, value, key_valid, self.kernel, smooth_k=self.smooth_k,
+                            smooth_v=self.smooth_v).to(hidden_states.dtype).flatten(2, 3)
+        hidden_states, encoder_hidden_states = out.split_with_sizes((num_video, num_text), dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if hasattr(attn, "to_add_out"):
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+def install(transformer, kernel: str = DEFAULT_KERNEL, **options) -> str:
+    """Put Fp8MochiAttnProcessor on every block; returns the name recorded as the attention backend."""
+    processor = Fp8MochiAttnProcessor(kernel, **options)
+    for block in transformer.transformer_blocks:
+        block.attn1.processor = processor
+    name = f"fp8-{kernel}"
+    transformer._batchgen_attention = name
+    return name
+
+
+# -- availability ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def unavailable(device: str, kernel: str = DEFAULT_KERNEL) -> str | None:
+    """None when `kernel` runs fp8 attention on `device`, else why not (probed once per device)."""
+    if kernel == "emulated":
+        return None
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return "fp8 attention needs a CUDA GPU"
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < MIN_CAPABILITY or (kernel.startswith("fa3") and major != 9):
+        return (f"fp8 attention ({kernel}) needs a Hopper GPU (compute capability 9.0, e.g. H100/H200); "
+                f"this one is {major}.{minor}")
+    if kernel.startswith("fa3") and fa3_module() is None:
+        return "fp8 attention needs FlashAttention-3: pip install fa3-fwd"
+    if kernel == "cudnn":
+        try:
+            import cudnn  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            return f"fp8 attention ({kernel}) needs nvidia-cudnn-frontend: {exc}"
+    # The capability is not the whole story (a wheel built for another torch, a driver): try it, small.
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v = (torch.randn(2, 160, 2, 128, generator=gen).to(device, torch.bfloat16) for _ in range(3))
+        valid = torch.ones(2, 160, dtype=torch.bool)
+        valid[0, 150:] = False
+        valid = valid.to(device)
+        got = attention_fp8(q, k, v, valid, kernel).float()
+        want = attention_fp8(q, k, v, valid, "emulated").float()
+        err = float((got - want).norm() / want.norm())
+    except Exception as exc:  # noqa: BLE001 - any failure means the profile cannot run here
+        return f"fp8 attention ({kernel}) does not run on {device}: {type(exc).__name__}: {exc}"
+    if not err < 0.1:
+        return f"fp8 attention ({kernel}) disagrees with its reference on {device} (rel. L2 {err:.3f})"
+    return None

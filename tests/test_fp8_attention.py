@@ -1,0 +1,59 @@
+"""fp8 attention (batchgen.engine.fp8_attention): quantization and the emulated kernel on the CPU; the fp8
+kernels themselves only where a Hopper GPU and FA3 are present (skipped otherwise). No timings."""
+
+import pytest
+import torch
+
+from batchgen.engine import fp8_attention as fa
+from batchgen.engine.attention import joint_attention
+
+
+def _data(offset=0.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 300, 3, 128, generator=gen) for _ in range(3))
+    k = k + offset * torch.randn(1, 1, 3, 128, generator=gen)
+    v = v + offset * torch.randn(1, 1, 3, 128, generator=gen)
+    valid = torch.ones(2, 300, dtype=torch.bool)
+    valid[0, 250:] = False
+    return q.bfloat16(), k.bfloat16(), v.bfloat16(), valid
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_quantize_scales_each_head_to_e4m3_range():
+    q, _, _, valid = _data()
+    q8, descale, mean = fa.quantize(q, valid)
+    assert q8.dtype == torch.float8_e4m3fn and descale.shape == (2, 3) and mean is None
+    back = q8.float() * descale[:, None, :, None]
+    assert _rel(back[valid], q.float()[valid]) < 0.05
+    assert float(q8.float().abs().amax()) == pytest.approx(448.0)
+
+
+def test_emulated_fp8_attention_close_to_exact_and_smoothing_is_exact_math():
+    q, k, v, valid = _data(offset=2.0)
+    want = joint_attention(q.float(), k.float(), v.float(), valid, "sdpa")
+    plain = fa.attention_fp8(q, k, v, valid, "emulated", smooth_k=False)
+    smooth = fa.attention_fp8(q, k, v, valid, "emulated", smooth_k=True, smooth_v=True)
+    assert _rel(smooth, want) < _rel(plain, want)
+    assert _rel(smooth, want) < 0.06
+    assert float(smooth[0, 250:].abs().max()) == 0.0  # padded query rows are zero, as on the exact path
+
+
+def test_unavailable_without_cuda_says_why():
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert "CUDA" in fa.unavailable("cpu", "fa3")
+    assert fa.unavailable("cpu", "emulated") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fa3_kernel_matches_emulated_where_available():
+    why = fa.unavailable("cuda", "fa3")
+    if why:
+        pytest.skip(why)
+    q, k, v, valid = (t.cuda() for t in _data())
+    got = fa.attention_fp8(q, k, v, valid, "fa3")
+    want = fa.attention_fp8(q, k, v, valid, "emulated")
+    assert _rel(got, want) < 0.05
