@@ -57,3 +57,28 @@ def test_fa3_kernel_matches_emulated_where_available():
     got = fa.attention_fp8(q, k, v, valid, "fa3")
     want = fa.attention_fp8(q, k, v, valid, "emulated")
     assert _rel(got, want) < 0.05
+
+
+def test_fp8_processor_keeps_the_exact_processor_around_its_core():
+    # Fp8MochiAttnProcessor only swaps the attention core of batchgen's exact processor: a block's output
+    # stays close to the exact one (fp8 error only), and the backend is recorded like attention.install's.
+    from batchgen.engine import attention
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.module_state import state
+    from test_attention import _block_inputs
+
+    transformer = build_tiny_pipeline().transformer
+    args = _block_inputs(transformer)
+    block = transformer.transformer_blocks[0]
+    try:
+        with torch.no_grad():
+            attention.install(transformer, "sdpa")
+            want = block(*args)
+            assert fa.install(transformer, "emulated") == "fp8-emulated"
+            assert state(transformer).attention == "fp8-emulated"
+            got = block(*args)
+    finally:
+        attention.uninstall(transformer)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and torch.isfinite(g).all()
+        assert 0 < _rel(g, w) < 0.1

@@ -38,13 +38,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-try:  # inside the package (batchgen/engine/)
-    from .attention import _key_valid, _rotary
-except ImportError:  # standalone copy (benchmarks carry this file on its own)
-    try:
-        from batchgen.engine.attention import _key_valid, _rotary
-    except ImportError:
-        from batchgen.attention import _key_valid, _rotary
+from batchgen.engine.attention import BatchgenMochiAttnProcessor
+from batchgen.engine.module_state import state
 
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -247,41 +242,18 @@ def attention_fp8(q, k, v, key_valid, kernel: str = DEFAULT_KERNEL, *, smooth_k:
 
 
 # -- the processor ---------------------------------------------------------------------------------------
-class Fp8MochiAttnProcessor:
+class Fp8MochiAttnProcessor(BatchgenMochiAttnProcessor):
     """batchgen's exact processor (same projections, norms, rotary, output) with the attention core in fp8."""
 
     def __init__(self, kernel: str = DEFAULT_KERNEL, *, smooth_k: bool = True, smooth_v: bool = False):
         if kernel not in KERNELS:
             raise ValueError(f"unknown fp8 attention kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
         self.kernel, self.smooth_k, self.smooth_v = kernel, smooth_k, smooth_v
+        self.backend = f"fp8-{kernel}"
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None):
-        num_video, num_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
-
-        def heads(t):
-            return t.unflatten(2, (attn.heads, -1))
-
-        query = attn.norm_q(heads(attn.to_q(hidden_states)))
-        key = attn.norm_k(heads(attn.to_k(hidden_states)))
-        value = heads(attn.to_v(hidden_states))
-        enc_query = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
-        enc_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
-        enc_value = heads(attn.add_v_proj(encoder_hidden_states))
-        if image_rotary_emb is not None:
-            query = _rotary(query, *image_rotary_emb)
-            key = _rotary(key, *image_rotary_emb)
-        query = torch.cat([query, enc_query], dim=1)
-        key = torch.cat([key, enc_key], dim=1)
-        value = torch.cat([value, enc_value], dim=1)
-        key_valid = _key_valid(attention_mask, num_video)
-
-        out = attention_fp8(query, key, value, key_valid, self.kernel, smooth_k=self.smooth_k,
-                            smooth_v=self.smooth_v).to(hidden_states.dtype).flatten(2, 3)
-        hidden_states, encoder_hidden_states = out.split_with_sizes((num_video, num_text), dim=1)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if hasattr(attn, "to_add_out"):
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+    def _attend(self, query, key, value, key_valid, dtype: torch.dtype) -> torch.Tensor:
+        return attention_fp8(query, key, value, key_valid, self.kernel, smooth_k=self.smooth_k,
+                             smooth_v=self.smooth_v).to(dtype)
 
 
 def install(transformer, kernel: str = DEFAULT_KERNEL, **options) -> str:
@@ -289,9 +261,8 @@ def install(transformer, kernel: str = DEFAULT_KERNEL, **options) -> str:
     processor = Fp8MochiAttnProcessor(kernel, **options)
     for block in transformer.transformer_blocks:
         block.attn1.processor = processor
-    name = f"fp8-{kernel}"
-    transformer._batchgen_attention = name
-    return name
+    state(transformer).attention = processor.backend
+    return processor.backend
 
 
 # -- availability ----------------------------------------------------------------------------------------
