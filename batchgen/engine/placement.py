@@ -68,6 +68,24 @@ def _has_group_offload(module) -> bool:
     return registry is not None and registry.get_hook("group_offloading") is not None
 
 
+def _stream_blocks(module, device: str) -> None:
+    """diffusers' block-level group offloading, one block per group, copies on a CUDA stream."""
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_device="cpu",
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=True,
+        # Without these diffusers blocks the host on every copy and after every block, so the copies
+        # serialize with the compute instead of hiding behind it.
+        non_blocking=True,
+        record_stream=True,
+    )
+
+
 def prepare_text_encoder(pipe, profile: str, device: str, quality: bool) -> None:
     """Phase one: only the text encoder on the device (whole, or streamed block by block)."""
     te = pipe.text_encoder
@@ -75,20 +93,9 @@ def prepare_text_encoder(pipe, profile: str, device: str, quality: bool) -> None
     if _declared(profile).streams_text_encoder and device.startswith("cuda"):
         if _has_group_offload(te.encoder):
             return
-        from diffusers.hooks import apply_group_offloading
-
         te.to(dtype=dtype)
         # T5EncoderModel's only ModuleList sits in .encoder; grouping there streams its 24 blocks.
-        apply_group_offloading(
-            te.encoder,
-            onload_device=device,
-            offload_device="cpu",
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=True,
-            non_blocking=True,
-            record_stream=True,
-        )
+        _stream_blocks(te.encoder, device)
         return
     te.to(device=device, dtype=dtype)
 
@@ -120,7 +127,6 @@ def _resident_block_indices(num_blocks: int, keep: int) -> list[int]:
 def _group_offload(transformer, device: str, resident_gib: float) -> int:
     """Block-level group offloading with CUDA streams, some blocks kept resident. Returns how many."""
     import torch
-    from diffusers.hooks import apply_group_offloading
 
     blocks = transformer.transformer_blocks
     block_bytes = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
@@ -133,18 +139,7 @@ def _group_offload(transformer, device: str, resident_gib: float) -> int:
     time_embed = transformer.time_embed
     transformer.time_embed = None
     try:
-        apply_group_offloading(
-            transformer,
-            onload_device=device,
-            offload_device="cpu",
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=True,
-            # Without these diffusers blocks the host on every copy and after every block, so the copies
-            # serialize with the compute instead of hiding behind it.
-            non_blocking=True,
-            record_stream=True,
-        )
+        _stream_blocks(transformer, device)
     finally:
         transformer.transformer_blocks = blocks
         transformer.time_embed = time_embed
