@@ -20,6 +20,7 @@ from batchgen.outputs import gallery
 from batchgen.outputs import metadata_index as index
 from batchgen.outputs.atomic import remove_partials
 from batchgen.outputs.unwritable import OutputUnwritable
+from batchgen.run.progress import BatchProgress
 from batchgen.errors import BatchgenError
 
 # Network filesystems whose locks and SQLite WAL cannot be trusted between hosts.
@@ -75,7 +76,7 @@ def refuse_network_filesystem(out: Path) -> None:
 def run_workers(manifest, out: Path, store, choice, precision: str, pending: int, summary, workers: list[str],
                 progress: bool, log) -> object:
     """Start one worker per entry of `workers` (a CUDA_VISIBLE_DEVICES value, or 'cpu'), wait for them."""
-    from batchgen.run.supervisor import VIDEO_DIR, Interrupted, _batch_bar, _SignalGuard
+    from batchgen.run.supervisor import VIDEO_DIR, Interrupted, _SignalGuard
 
     refuse_network_filesystem(out)
     lease = settings.lease_seconds()
@@ -94,15 +95,14 @@ def run_workers(manifest, out: Path, store, choice, precision: str, pending: int
     log(f"batchgen: {len(workers)} worker(s) on {', '.join('cpu' if w == 'cpu' else 'GPU ' + w for w in workers)}")
     done_before = store.counts()["done"]
     procs = [_start_worker(config, w, n, len(workers)) for n, w in enumerate(workers)]
-    bar = _batch_bar(pending, progress)
+    bar = BatchProgress(pending, progress)
     exit_word = "finished"
     try:
         with _SignalGuard():
             try:
                 while any(p.poll() is None for p in procs):
                     time.sleep(0.5)
-                    bar.n = store.counts()["done"] - done_before
-                    bar.refresh()
+                    bar.set_finished(store.counts()["done"] - done_before)
             except KeyboardInterrupt:
                 summary.interrupted_by = signal.SIGINT
             except Interrupted as exc:

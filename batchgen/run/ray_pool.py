@@ -110,7 +110,7 @@ def forwarded_env(environ) -> dict[str, str]:
 def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summary, address: str,
                actors: int | None, progress: bool, log):
     """Render the pending jobs of this pipeline on a Ray cluster; this process writes everything."""
-    from batchgen.run.supervisor import Interrupted, _batch_bar, _SignalGuard, work_loop
+    from batchgen.run.supervisor import Interrupted, _SignalGuard, work_loop
     from batchgen.store.queue import Store
 
     ray = _ray()
@@ -152,22 +152,18 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     ray.get([h.encode.remote(texts) for h in handles])
     renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
 
-    bar = _batch_bar(pending, progress)
-    bar_lock = threading.Lock()
+    from batchgen.run.progress import BatchProgress
+
+    bar = BatchProgress(pending, progress)
     errors: list[BaseException] = []
     stop = threading.Event()
-
-    class _Bar:
-        def update(self, n):
-            with bar_lock:
-                bar.update(n)
 
     def drive(renderer, n):
         # One thread per actor, each with its own database connection: SQLite serialises the writes.
         own = Store(out)
         try:
             work_loop(out, own, renderer, model=manifest.model, precision=precision, summary=summary, log=log,
-                      bar=_Bar(), worker=f"ray-actor-{n}", stop=stop,
+                      bar=bar, worker=f"ray-actor-{n}", stop=stop,
                       write_behind=False)  # one driver thread per actor already overlaps writing with rendering
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)

@@ -25,6 +25,7 @@ from batchgen.engine.environment import device_name, library_versions
 from batchgen.outputs.atomic import remove_partials, sha256_file
 from batchgen.job import Job
 from batchgen.run.lock import FolderLock
+from batchgen.run.progress import BatchProgress
 from batchgen.manifest.parse import Manifest
 from batchgen.store.queue import Store, now
 from batchgen.outputs.video import write_mp4
@@ -237,7 +238,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
     )
     exit_word = "finished"
     stopped: OutputUnwritable | None = None
-    bar = _batch_bar(pending, progress)
+    bar = BatchProgress(pending, progress)
     try:
         with _SignalGuard():
             try:
@@ -426,11 +427,9 @@ class _WriteBehind:
             if self.interrupted:
                 self.store.release(job.job_id)
                 return
-            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log)
+            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log, self.bar)
         else:
             self._record(job, final, rel, rendered, row)
-        if self.bar is not None:
-            self.bar.update(1)
 
     def _record(self, job: Job, final: Path, rel: str, rendered, row: dict) -> None:
         try:
@@ -461,7 +460,10 @@ class _WriteBehind:
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as exc:
-            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log)
+            _job_failed(self.out, self.store, job, final, rel, exc, self.summary, self.log, self.bar)
+            return
+        if self.bar is not None:
+            self.bar.job_finished(job, rendered)
 
 
 def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary, log, writer: _WriteBehind) -> None:
@@ -469,9 +471,7 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
     rel = final.relative_to(out).as_posix()
 
     def failed(exc: Exception) -> None:
-        _job_failed(out, store, job, final, rel, exc, summary, log)
-        if writer.bar is not None:
-            writer.bar.update(1)
+        _job_failed(out, store, job, final, rel, exc, summary, log, writer.bar)
 
     try:
         faults.point("claimed")
@@ -504,7 +504,7 @@ def _render_one(out: Path, store: Store, renderer, job: Job, summary: RunSummary
 
 
 def _job_failed(out: Path, store: Store, job: Job, final: Path, rel: str, exc: BaseException, summary: RunSummary,
-                log) -> None:
+                log, bar=None) -> None:
     """Record a job's failure; a full or read-only output stops the batch instead (OutputUnwritable)."""
     if unwritable.unwritable_errno(exc, out) is not None:
         _stop_unwritable(store, job, final, rel, exc)
@@ -513,6 +513,8 @@ def _job_failed(out: Path, store: Store, job: Job, final: Path, rel: str, exc: B
     summary.failed += 1
     summary.failures.append(f"{job.source or job.job_id}: {message}")
     log(f"batchgen: job {job.job_id} ({job.source}) failed: {message}")
+    if bar is not None:
+        bar.job_failed(job, message)
     gallery.maybe_write_gallery(out, store)
     if _is_oom(exc):
         _free_cuda()
@@ -587,8 +589,3 @@ def _warn_long_prompts(renderer, store: Store, manifest, precision: str, log) ->
         if n > limit:
             log(f"batchgen: warning: {row['source']} (job {row['job_id']}): prompt is {n} tokens; T5 reads only the first {limit}")
 
-
-def _batch_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="videos", unit="video", disable=not enabled, position=0, dynamic_ncols=True)
