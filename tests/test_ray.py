@@ -44,4 +44,10 @@ def test_ray_actors_render_each_job_once_with_local_frames(tmp_path):
     conn = sqlite3.connect(remote / "batchgen.db")
     statuses = conn.execute("select status, count(*), max(attempts) from jobs group by status").fetchall()
     assert statuses == [("done", 6, 1)]  # the retried call stayed one claim: nobody rendered a job twice
+    # Issue 19: a Ray run is a run like any other: its runs row, no warning, a whole gallery page.
+    runs = conn.execute("select profile, exit, profile_reason from runs").fetchall()
+    assert len(runs) == 1 and runs[0][1] == "finished" and "Ray at local" in runs[0][2], runs
+    assert "batchgen: warning" not in result.stderr and "could not write" not in result.stderr, result.stderr
+    page = (remote / "index.html").read_text()
+    assert page.rstrip().endswith("</html>") and all(r["file_name"] in page for r in rows)
     assert json.loads(rows[0]["fingerprint"] if isinstance(rows[0].get("fingerprint"), str) else json.dumps(rows[0].get("fingerprint", {}))) is not None

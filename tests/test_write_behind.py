@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from batchgen.run import supervisor as runner
+from batchgen.run import job_loop, write_behind as runner
 from batchgen.manifest import load_manifest
 from batchgen.engine.renderer import Renderer
 from batchgen.run.supervisor import render_manifest
@@ -179,7 +179,7 @@ def test_the_previous_jobs_bookkeeping_error_is_not_blamed_on_the_next_job(tmp_p
 def test_a_job_whose_record_cannot_be_built_fails_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("BATCHGEN_WRITE_BEHIND", "1")
     path = small_yaml(tmp_path, ["a red fox in snow", "waves on a rocky shore"], seeds=[1])
-    real_row = runner.metadata_row
+    real_row = job_loop.metadata_row
     calls = []
 
     def flaky_row(*args, **kwargs):
@@ -188,7 +188,7 @@ def test_a_job_whose_record_cannot_be_built_fails_alone(tmp_path, monkeypatch):
             raise RuntimeError("fingerprint unavailable")
         return real_row(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "metadata_row", flaky_row)
+    monkeypatch.setattr(job_loop, "metadata_row", flaky_row)
     summary = render_manifest(load_manifest(path), tmp_path / "out", progress=False)
     assert summary.rendered == 1 and summary.failed == 1
     assert sorted(_statuses(tmp_path / "out").values()) == ["done", "failed"]

@@ -33,6 +33,9 @@ for command in (render, validate, status, retry, reproduce, verify, sheet, docto
 
 
 def main() -> None:
+    from batchgen.run.signals import install_for_cli
+
+    install_for_cli()  # every command: a kill is obeyed at once, quietly, or at the run's next safe point
     cli()
 
 

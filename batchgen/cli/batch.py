@@ -57,9 +57,10 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
         device = "cpu"
     summary = render_manifest(m, m.out, device=device, progress=not no_progress, workers=pool, deterministic=deterministic,
                               ray_address=ray_address, ray_actors=ray_actors)
-    done = summary.rendered
+    left = f", {summary.left_pending} still pending (run the same command again)" if summary.left_pending else ""
     click.echo(
-        f"{done} rendered, {summary.skipped} already done, {summary.failed} failed; outputs in {summary.out}",
+        f"{summary.rendered} rendered, {summary.skipped} already done, {summary.failed} failed{left}; "
+        f"outputs in {summary.out}",
         err=True,
     )
     if summary.failed and summary.interrupted_by is None:

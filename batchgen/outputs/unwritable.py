@@ -24,12 +24,18 @@ _CAUSES = {
     errno.EROFS: ("the file system is read-only", "remount it writable (or use another --out)"),
     errno.EACCES: ("permission denied", "give this user write permission on {folder} (or use another --out)"),
     errno.EPERM: ("operation not permitted", "give this user write permission on {folder} (or use another --out)"),
+    errno.EIO: ("the disk reported an I/O error", "check its free space and health (or use another --out)"),
 }
+
+# SQLite reports a disk that filled while it grew its write-ahead log as an I/O error: below this much
+# free space that is what it is.
+NEARLY_FULL = 1 << 20
 
 # What SQLite says instead of an errno.
 _SQLITE_MESSAGES = {
     "database or disk is full": errno.ENOSPC,
     "attempt to write a readonly database": errno.EACCES,
+    "disk i/o error": errno.EIO,
 }
 
 
@@ -66,9 +72,21 @@ def describe(exc: BaseException, path: Path | str) -> str:
     """'Cannot write PATH: the disk is full; free some space there ... and run the same command again.'"""
     code = unwritable_errno(exc)
     filename = _filename(exc) or str(path)
+    if code == errno.EIO and _free_bytes(filename) < NEARLY_FULL:
+        code = errno.ENOSPC
     what, fix = _CAUSES.get(code, ("it could not be written", "make it writable (or use another --out)"))
     folder = str(Path(filename).parent)
     return f"Cannot write {filename}: {what}; {fix.format(folder=folder)}, then run the same command again."
+
+
+def _free_bytes(path: str) -> int:
+    for candidate in [Path(path), *Path(path).parents]:
+        try:
+            st = os.statvfs(candidate)
+            return st.f_bavail * st.f_frsize
+        except OSError:
+            continue
+    return NEARLY_FULL
 
 
 def _inside(filename, out) -> bool:
@@ -98,3 +116,75 @@ def guard(out: Path | str):
         if unwritable_errno(exc, out) is None:
             raise
         raise OutputUnwritable(describe(exc, out)) from exc
+
+
+# Kernel views, not storage: a batch written there would vanish or fail in odd ways.
+_PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "bpf"}
+
+
+def make_output_folder(out: Path | str, fstype_of=None) -> None:
+    """Create OUT, or refuse (exit 2, naming --out) a path that cannot be a folder; a full or read-only disk
+    is OutputUnwritable (exit 4) as everywhere else."""
+    out = Path(out)
+    blocker = next((p for p in [out, *out.parents] if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BatchgenError(f"--out {out}: {blocker} is a file, not a folder. Give --out a folder path.")
+    fstype = (fstype_of or filesystem_type)(blocker or Path("/"))
+    if fstype in _PSEUDO_FILESYSTEMS:
+        raise BatchgenError(f"--out {out}: {blocker} is on the kernel's {fstype} file system, which holds no "
+                            "files of yours. Give --out a folder on a disk.")
+    try:
+        with guard(out):
+            out.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileNotFoundError, FileExistsError) as exc:
+        raise BatchgenError(f"--out {out}: cannot create this folder ({exc.strerror}). Give --out a folder path.") from exc
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding `path`, from /proc/mounts (Linux); None where unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, fstype = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+class SpaceReserve:
+    """A little room kept free in OUT for the run's last bookkeeping: when the disk fills, the reserve is
+    given up so the database (on the same disk) can still send the job in flight back to the queue and
+    close the run, instead of leaving it `running`."""
+
+    NAME = "space-reserve"
+    SIZE = 512 * 1024
+
+    def __init__(self, out: Path | str):
+        self.path = Path(out) / "cache" / self.NAME
+
+    def claim(self) -> None:
+        """Make sure the reserve is there; a disk too full to hold it stops the run before it starts."""
+        try:
+            if self.path.stat().st_size == self.SIZE:
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "wb") as f:
+                f.write(b"\0" * self.SIZE)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 
 from batchgen import settings
-from batchgen.outputs import gallery
-from batchgen.outputs import metadata_index as index
-from batchgen.outputs.atomic import remove_partials
-from batchgen.outputs.unwritable import OutputUnwritable
-from batchgen.run.progress import BatchProgress
+from batchgen.outputs.unwritable import OutputUnwritable, filesystem_type
 from batchgen.errors import BatchgenError
 
 # Network filesystems whose locks and SQLite WAL cannot be trusted between hosts.
@@ -45,24 +41,6 @@ def parse_gpus(spec: str) -> list[str]:
     return ids
 
 
-def filesystem_type(path: Path) -> str | None:
-    """The type of the filesystem holding `path`, from /proc/mounts (Linux); None where unknown."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, fstype = "", None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].replace("\\040", " ")
-        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-            best, fstype = mount, parts[2]
-    return fstype
-
-
 def refuse_network_filesystem(out: Path) -> None:
     fstype = filesystem_type(out)
     if fstype in NETWORK_FS:
@@ -73,75 +51,74 @@ def refuse_network_filesystem(out: Path) -> None:
         )
 
 
-def run_workers(manifest, out: Path, store, choice, precision: str, pending: int, summary, workers: list[str],
-                progress: bool, log) -> object:
-    """Start one worker per entry of `workers` (a CUDA_VISIBLE_DEVICES value, or 'cpu'), wait for them."""
-    from batchgen.run.supervisor import VIDEO_DIR, Interrupted, _SignalGuard
+class PoolRunner:
+    """One worker process per entry of `workers` (a CUDA_VISIBLE_DEVICES value, or 'cpu'); this process
+    watches them. Workers hold the folder lock through an inherited descriptor and die with this process."""
 
-    refuse_network_filesystem(out)
-    lease = settings.lease_seconds()
-    config = {
-        "out": str(out),
-        "model": manifest.model,
-        "revision": manifest.revision,
-        "profile": choice.name,
-        "quality": manifest.quality,
-        "approximate": manifest.approximate,
-        "precision": precision,
-        "lease_seconds": lease,
-    }
-    run_id = store.start_run(manifest=str(manifest.path), model=manifest.model, profile=choice.name,
-                             profile_reason=f"{choice.reason}; {len(workers)} workers")
-    log(f"batchgen: {len(workers)} worker(s) on {', '.join('cpu' if w == 'cpu' else 'GPU ' + w for w in workers)}")
-    done_before = store.counts()["done"]
-    procs = [_start_worker(config, w, n, len(workers)) for n, w in enumerate(workers)]
-    bar = BatchProgress(pending, progress)
-    exit_word = "finished"
-    try:
-        with _SignalGuard():
-            try:
-                while any(p.poll() is None for p in procs):
-                    time.sleep(0.5)
-                    bar.set_finished(store.counts()["done"] - done_before)
-            except KeyboardInterrupt:
-                summary.interrupted_by = signal.SIGINT
-            except Interrupted as exc:
-                summary.interrupted_by = exc.signum
-            if summary.interrupted_by is not None:
-                exit_word = "interrupted"
+    def __init__(self, workers: list[str]):
+        self.workers = workers
+
+    def notes(self) -> list[str]:
+        return [f"{len(self.workers)} workers"]
+
+    def start(self, ctx) -> None:
+        refuse_network_filesystem(ctx.out)
+
+    def run(self, ctx) -> None:
+        config = {
+            "out": str(ctx.out),
+            "model": ctx.manifest.model,
+            "revision": ctx.manifest.revision,
+            "profile": ctx.choice.name,
+            "quality": ctx.manifest.quality,
+            "approximate": ctx.manifest.approximate,
+            "precision": ctx.precision,
+            "lease_seconds": settings.lease_seconds(),
+            "parent": os.getpid(),
+        }
+        where = ", ".join("cpu" if w == "cpu" else "GPU " + w for w in self.workers)
+        ctx.log(f"batchgen: {len(self.workers)} worker(s) on {where}")
+        done_before = ctx.store.counts()["done"]
+        procs = [_start_worker(config, w, n, len(self.workers), ctx.lock_fd) for n, w in enumerate(self.workers)]
+        try:
+            self._watch(ctx, procs, done_before)
+        finally:
+            for p in procs:  # never leave one behind, whatever stopped the watch
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
+        self._report(ctx, procs)
+
+    def _watch(self, ctx, procs: list[subprocess.Popen], done_before: int) -> None:
+        while any(p.poll() is None for p in procs):
+            if ctx.signals.received is not None:
                 for p in procs:
                     if p.poll() is None:
-                        p.send_signal(signal.SIGTERM)
+                        p.send_signal(signal.SIGTERM)  # each puts its job back at its next safe point
                 for p in procs:
                     p.wait()
-    finally:
-        bar.close()
-        # A worker that died (or was stopped) may leave its job running; it is ours again.
-        store.reset_running()
-        # Every worker has stopped: no temporary file is still being written.
-        remove_partials(out / VIDEO_DIR)
-        index.rebuild(out, store)
-        gallery.maybe_write_gallery(out, store, force=True)
-        store.finish_run(run_id, exit_word)
-    for n, p in enumerate(procs):
-        if p.returncode not in (0, -signal.SIGTERM, 128 + signal.SIGTERM) and summary.interrupted_by is None:
-            log(f"batchgen: worker {n} ({workers[n]}) exited with status {p.returncode}")
-    unwritable = [p for p in procs if p.returncode == OutputUnwritable.exit_code]
-    if unwritable and summary.interrupted_by is None:
-        raise OutputUnwritable(
-            f"A worker could not write to {out} (disk full, read-only or no permission; its message is above). "
-            "The batch stopped; free space or fix permissions, then run the same command again."
-        )
-    counts = store.counts()
-    summary.rendered = counts["done"] - done_before
-    summary.failed = counts["failed"]
-    if summary.interrupted_by is None and counts["pending"]:
-        log(f"batchgen: {counts['pending']} job(s) still pending after every worker stopped; run again to resume")
-        summary.failed = summary.failed or counts["pending"]
-    return summary
+                ctx.signals.check()
+            time.sleep(0.2)
+            ctx.progress.set_finished(ctx.store.counts()["done"] - done_before)
+
+    def _report(self, ctx, procs: list[subprocess.Popen]) -> None:
+        for n, p in enumerate(procs):
+            if p.returncode not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
+                ctx.log(f"batchgen: worker {n} ({self.workers[n]}) exited with status {p.returncode}")
+        if any(p.returncode == OutputUnwritable.exit_code for p in procs):
+            raise OutputUnwritable(
+                f"A worker could not write to {ctx.out} (disk full, read-only or no permission; its message is "
+                "above). The batch stopped; free space or fix permissions, then run the same command again."
+            )
+        ctx.store.reset_running()  # a worker that died may leave its job running; it is ours again
+        left = ctx.store.pending_count(model=ctx.model, precision=ctx.precision)
+        if left:
+            ctx.summary.left_pending = left
+            ctx.log(f"batchgen: {left} job(s) still pending after every worker stopped; run again to resume")
 
 
-def _start_worker(config: dict, where: str, n: int, total: int) -> subprocess.Popen:
+def _start_worker(config: dict, where: str, n: int, total: int, lock_fd: int | None) -> subprocess.Popen:
     env = dict(os.environ)
     if where == "cpu":
         device = "cpu"
@@ -151,4 +128,6 @@ def _start_worker(config: dict, where: str, n: int, total: int) -> subprocess.Po
         env["CUDA_VISIBLE_DEVICES"] = where
         device = "cuda:0"
     payload = json.dumps(dict(config, device=device, worker=f"w{n}"))
-    return subprocess.Popen([sys.executable, "-m", "batchgen.run.pool_worker", payload], env=env)
+    # Its own session: a Ctrl-C in the terminal reaches only this process, which stops the workers once.
+    return subprocess.Popen([sys.executable, "-m", "batchgen.run.pool_worker", payload], env=env,
+                            pass_fds=(lock_fd,) if lock_fd is not None else (), start_new_session=True)

@@ -38,6 +38,10 @@ class FolderLock:
         self._fd = fd
         return self
 
+    def fileno(self) -> int | None:
+        """The locked descriptor: a worker process that inherits it holds the folder as long as it lives."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

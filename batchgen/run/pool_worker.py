@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from batchgen import settings
+from batchgen.run.signals import STOP, Interrupted
 
 
 class Heartbeat(threading.Thread):
@@ -30,7 +31,8 @@ class Heartbeat(threading.Thread):
 
         store = Store(self.out)
         try:
-            while not self._halt.wait(self.lease / 3):
+            while not self._halt.wait(min(1.0, self.lease / 3)):
+                _stop_if_orphaned()
                 for job_id in self.job_ids:
                     store.renew(job_id, self.worker, self.lease)
         finally:
@@ -40,15 +42,43 @@ class Heartbeat(threading.Thread):
         self._halt.set()
 
 
+_PARENT: int | None = None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM from the kernel the moment the render that started us dies (even by SIGKILL), and a check
+    of the parent's pid where prctl is missing: a worker never renders on for a dead render."""
+    global _PARENT
+    _PARENT = parent
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the heartbeat's parent check below stands in
+    _stop_if_orphaned()  # the parent may have died before prctl took effect
+
+
+def _stop_if_orphaned() -> None:
+    if _PARENT is not None and os.getppid() != _PARENT:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str]) -> int:
+    config = json.loads(argv[0])
+    # Before the heavy imports: a signal while they run ends this worker at once (it holds no job yet).
+    STOP.install(exit_outside_runs=True)
+    die_with_parent(config["parent"])
     from batchgen.engine.renderer import Renderer
-    from batchgen.run.supervisor import Interrupted, RunSummary, _SignalGuard, work_loop
+    from batchgen.run.context import RunSummary
+    from batchgen.run.job_loop import work_loop
     from batchgen.store.queue import Store
 
     from batchgen.engine.environment import quiet_library_logs
 
     quiet_library_logs()
-    config = json.loads(argv[0])
     # Fault-injection tests aim BATCHGEN_FAULT at one worker only.
     only = settings.fault_worker()
     if only and only != config["worker"]:
@@ -72,12 +102,13 @@ def main(argv: list[str]) -> int:
 
     code = 0
     try:
-        with _SignalGuard(), determinism.settings(determinism.requested()):
+        with determinism.settings(determinism.requested()):
+            renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"]))
             try:
-                renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"]))
-                work_loop(out, store, renderer, model=config["model"], precision=config["precision"],
-                          summary=summary, log=log, worker=worker, lease_seconds=config["lease_seconds"],
-                          on_claim=on_claim)
+                with STOP.acting():
+                    work_loop(out, store, renderer, model=config["model"], precision=config["precision"],
+                              summary=summary, log=log, worker=worker, lease_seconds=config["lease_seconds"],
+                              on_claim=on_claim, signals=STOP)
             except OutputUnwritable as exc:
                 # The disk is full for every worker alike: say so once, and let the parent stop the batch.
                 log(f"Error: {exc}")

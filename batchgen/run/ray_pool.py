@@ -10,7 +10,6 @@ driver that dies leaves `running` jobs that the next run takes back, as on one h
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from dataclasses import dataclass
 
@@ -107,95 +106,104 @@ def forwarded_env(environ) -> dict[str, str]:
             if k == "PYTORCH_CUDA_ALLOC_CONF" or (k.startswith("BATCHGEN_") and not k.startswith("BATCHGEN_FAULT"))}
 
 
-def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summary, address: str,
-               actors: int | None, progress: bool, log):
+class RayRunner:
     """Render the pending jobs of this pipeline on a Ray cluster; this process writes everything."""
-    from batchgen.run.supervisor import Interrupted, _SignalGuard, work_loop
-    from batchgen.store.queue import Store
 
-    ray = _ray()
+    def __init__(self, address: str, actors: int | None):
+        self.address, self.actors = address, actors
+        self.renderers: list[RemoteRenderer] = []
+
+    def notes(self) -> list[str]:
+        return [f"Ray at {self.address}"]
+
+    def start(self, ctx) -> None:
+        # Ray starts processes of its own here: a signal is acted on once they are up, so that
+        # ray.shutdown() takes them down, instead of ending this process under them.
+        with ctx.signals.acting():
+            self._start(ctx)
+            ctx.signals.check()
+
+    def _start(self, ctx) -> None:
+        ray = _ray()
+        connect(ray, self.address)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = self.actors or gpus or 1
+        choice, manifest = ctx.choice, ctx.manifest
+        config = {"model": manifest.model, "revision": manifest.revision, "profile": choice.name if gpus else "cpu",
+                  "quality": manifest.quality, "approximate": manifest.approximate,
+                  "device": "cuda" if gpus else "cpu"}
+        if not gpus and choice.name != "cpu":
+            raise BatchgenError(
+                f"The Ray cluster has no GPU, but this batch renders with profile '{choice.name}' ({ctx.precision}); "
+                "its job ids would not match CPU renders. Use a cluster with GPUs, or render with --profile cpu."
+            )
+        remote_cls = ray.remote(
+            num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES
+        )(_RenderActor)
+        handles = [remote_cls.remote(config) for _ in range(count)]
+        ctx.log(f"batchgen: {count} Ray actor(s) on {'GPUs' if gpus else 'CPUs'} at {self.address}")
+        texts = ctx.store.pending_texts(model=ctx.model, precision=ctx.precision)
+        descriptions = ray.get([h.describe.remote() for h in handles])
+        expected = ctx.precision.removesuffix("+deterministic")
+        for d in descriptions:
+            if d["precision"] != expected:
+                raise BatchgenError(
+                    f"A Ray actor renders at precision {d['precision']}, this batch at {expected}: its settings "
+                    "differ from this machine's (BATCHGEN_* variables or library versions); its frames would get "
+                    "other ids."
+                )
+        ctx.progress.phase(f"encoding {len(texts)} text(s) on {count} actor(s)")
+        ray.get([h.encode.remote(texts) for h in handles])
+        self.renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
+
+    def run(self, ctx) -> None:
+        from batchgen.run.job_loop import work_loop
+        from batchgen.store.queue import Store
+
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def drive(renderer, n):
+            # One thread per actor, each with its own database connection: SQLite serialises the writes.
+            own = Store(ctx.out)
+            try:
+                work_loop(ctx.out, own, renderer, model=ctx.model, precision=ctx.precision, summary=ctx.summary,
+                          log=ctx.log, bar=ctx.progress, worker=f"ray-actor-{n}", stop=stop,
+                          write_behind=False)  # one driver thread per actor already overlaps writing with rendering
+            except BaseException as exc:  # surfaced in the main thread
+                errors.append(exc)
+            finally:
+                own.close()
+
+        threads = [threading.Thread(target=drive, args=(r, n), daemon=True) for n, r in enumerate(self.renderers)]
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                if ctx.signals.received is not None:
+                    # Calls in flight cannot be taken back from the actors: the supervisor puts their jobs
+                    # back to pending, and a half-written file is hidden and swept by the next run.
+                    stop.set()
+                    ctx.signals.check()
+                for t in threads:
+                    t.join(0.2)
+        finally:
+            stop.set()
+            _ray().shutdown()
+        if errors:
+            raise errors[0]
+
+
+def connect(ray, address: str) -> None:
     init = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
     forwarded = forwarded_env(os.environ)
     if forwarded:
         init["runtime_env"] = {"env_vars": forwarded}
     if address == "local":
         ray.init(**init)
-    else:
-        try:
-            ray.init(address=address, **init)
-        except (ConnectionError, RuntimeError) as exc:
-            raise BatchgenError(f"Could not reach the Ray cluster at '{address}': {exc}. Start it with `ray start --head`, or give its address.") from exc
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    count = actors or gpus or 1
-    device = "cuda" if gpus else "cpu"
-    config = {"model": manifest.model, "revision": manifest.revision, "profile": choice.name if gpus else "cpu",
-              "quality": manifest.quality, "approximate": manifest.approximate, "device": device}
-    if not gpus and choice.name != "cpu":
-        raise BatchgenError(
-            f"The Ray cluster has no GPU, but this batch renders with profile '{choice.name}' ({precision}); "
-            "its job ids would not match CPU renders. Use a cluster with GPUs, or render with --profile cpu."
-        )
-    remote_cls = ray.remote(
-        num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES
-    )(_RenderActor)
-    handles = [remote_cls.remote(config) for _ in range(count)]
-    log(f"batchgen: {count} Ray actor(s) on {'GPUs' if gpus else 'CPUs'} at {address}")
-    texts = store.pending_texts(model=manifest.model, precision=precision)
-    descriptions = ray.get([h.describe.remote() for h in handles])
-    expected = precision.removesuffix("+deterministic")
-    for d in descriptions:
-        if d["precision"] != expected:
-            raise BatchgenError(
-                f"A Ray actor renders at precision {d['precision']}, this batch at {expected}: its settings differ "
-                "from this machine's (BATCHGEN_* variables or library versions); its frames would get other ids."
-            )
-    ray.get([h.encode.remote(texts) for h in handles])
-    renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
-
-    from batchgen.run.progress import BatchProgress
-
-    bar = BatchProgress(pending, progress)
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def drive(renderer, n):
-        # One thread per actor, each with its own database connection: SQLite serialises the writes.
-        own = Store(out)
-        try:
-            work_loop(out, own, renderer, model=manifest.model, precision=precision, summary=summary, log=log,
-                      bar=bar, worker=f"ray-actor-{n}", stop=stop,
-                      write_behind=False)  # one driver thread per actor already overlaps writing with rendering
-        except BaseException as exc:  # surfaced in the main thread
-            errors.append(exc)
-        finally:
-            own.close()
-
-    threads = [threading.Thread(target=drive, args=(r, n), daemon=True) for n, r in enumerate(renderers)]
+        return
     try:
-        with _SignalGuard():
-            try:
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.5)
-            except KeyboardInterrupt:
-                summary.interrupted_by = signal.SIGINT
-            except Interrupted as exc:
-                summary.interrupted_by = exc.signum
-            if summary.interrupted_by is not None:
-                # Calls in flight cannot be taken back from the actors: their jobs go back to pending now,
-                # and the threads die with this process (a half-written file is hidden and swept next run).
-                stop.set()
-                store.reset_running()
-    finally:
-        bar.close()
-        ray.shutdown()
-        from batchgen.outputs import gallery
-        from batchgen.outputs import metadata_index as index
-
-        index.rebuild(out, store)
-        gallery.maybe_write_gallery(out, store, force=True)
-    if errors and summary.interrupted_by is None:
-        raise errors[0]
-    return summary
+        ray.init(address=address, **init)
+    except (ConnectionError, RuntimeError) as exc:
+        raise BatchgenError(f"Could not reach the Ray cluster at '{address}': {exc}. Start it with `ray start "
+                            "--head`, or give its address.") from exc

@@ -70,6 +70,15 @@ def row_to_job(row: dict) -> Job:
     )
 
 
+# SQLite's words for a disk that cannot take the write, as opposed to a file that is not a database.
+_STORAGE_FAULTS = {"SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM"}
+
+
+def _storage_fault(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.split("_")[0:2] and "_".join(name.split("_")[:2]) in _STORAGE_FAULTS
+
+
 class Store:
     def __init__(self, out: Path, *, create: bool = True):
         self.out = Path(out)
@@ -86,6 +95,8 @@ class Store:
             self._check_foreign()
             migrate(self.db)
         except sqlite3.DatabaseError as exc:
+            if _storage_fault(exc):
+                raise  # a full, read-only or failing disk is not a damaged database (the caller says which)
             raise StoreError(
                 f"{self.path} is not a usable batchgen database ({exc}). Move it aside to start a new batch "
                 "in this folder; finished videos and metadata.jsonl are left as they are."
