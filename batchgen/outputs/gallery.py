@@ -1,4 +1,4 @@
-"""OUT/index.html: a static, offline gallery of a batch, regenerated as jobs finish.
+"""The gallery page, OUT/index.html: a static, offline view of a batch, regenerated as jobs finish.
 
 One self-contained file (inline CSS and JS, no network): the jobs are embedded as JSON and drawn by the
 page's script with textContent, so no prompt is ever parsed as HTML. Videos are referenced by relative
@@ -21,7 +21,7 @@ from urllib.parse import quote
 from batchgen import settings
 from batchgen.outputs.atomic import write_text_atomic
 
-GALLERY_NAME = "index.html"
+GALLERY_PAGE = "index.html"
 # The page's template, style sheet and script, beside this module: gallery.html, gallery.css, gallery.js.
 ASSETS = "gallery_assets"
 ASSET_FILES = ("gallery.html", "gallery.css", "gallery.js")
@@ -73,7 +73,7 @@ def script_json(data) -> str:
     return text
 
 
-def render_html(out: Path, store) -> str:
+def render_gallery_page(out: Path, store) -> str:
     items = gallery_items(store)
     counts = store.counts()
     title = f"batchgen: {Path(out).resolve().name}"
@@ -87,8 +87,8 @@ def render_html(out: Path, store) -> str:
 def write_gallery(out: Path, store) -> Path:
     """Write OUT/index.html atomically from the database; returns its path."""
     out = Path(out)
-    path = out / GALLERY_NAME
-    write_text_atomic(path, render_html(out, store))
+    path = out / GALLERY_PAGE
+    write_text_atomic(path, render_gallery_page(out, store))
     _last_write[str(out.resolve())] = time.monotonic()
     return path
 
@@ -111,7 +111,7 @@ def maybe_write_gallery(out: Path, store, *, force: bool = False) -> Path | None
     except Exception as exc:  # the gallery is a convenience: rendering goes on without it
         if key not in _warned:
             _warned.add(key)
-            print(f"batchgen: warning: could not write {out / GALLERY_NAME}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"batchgen: warning: could not write {out / GALLERY_PAGE}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
 
 

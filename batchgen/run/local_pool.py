@@ -17,7 +17,7 @@ from pathlib import Path
 
 from batchgen import settings
 from batchgen.outputs import gallery
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen.outputs.atomic import remove_partials
 from batchgen.outputs.unwritable import OutputUnwritable
 from batchgen.run.progress import BatchProgress
@@ -120,7 +120,7 @@ def run_workers(manifest, out: Path, store, choice, precision: str, pending: int
         store.reset_running()
         # Every worker has stopped: no temporary file is still being written.
         remove_partials(out / VIDEO_DIR)
-        index.rebuild(out, store)
+        metadata_index.rebuild(out, store)
         gallery.maybe_write_gallery(out, store, force=True)
         store.finish_run(run_id, exit_word)
     for n, p in enumerate(procs):

@@ -192,9 +192,9 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
         bar.close()
         ray.shutdown()
         from batchgen.outputs import gallery
-        from batchgen.outputs import metadata_index as index
+        from batchgen.outputs import metadata_index
 
-        index.rebuild(out, store)
+        metadata_index.rebuild(out, store)
         gallery.maybe_write_gallery(out, store, force=True)
     if errors and summary.interrupted_by is None:
         raise errors[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 from batchgen.engine import approximate
 from batchgen import faults
 from batchgen.outputs import gallery
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen import settings
 from batchgen.engine import profile_registry, profiles
 from batchgen.errors import BatchgenError
@@ -191,7 +191,7 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
     verify.startup_check(out, store, log)
     remove_partials(out / VIDEO_DIR)
     remove_partials(out)
-    index.rebuild(out, store)
+    metadata_index.rebuild(out, store)
     gallery.maybe_write_gallery(out, store, force=True)
     if stale:
         log(f"batchgen: {stale} job(s) left running by an interrupted run go back to the queue")
@@ -254,12 +254,12 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
     finally:
         bar.close()
         try:
-            index.rebuild(out, store)
+            metadata_index.rebuild(out, store)
         except Exception as exc:
             # With the batch already stopping for a full disk, the index is rebuilt on the next run.
             if stopped is None and unwritable.unwritable_errno(exc, out) is None:
                 raise
-            stopped = stopped or OutputUnwritable(unwritable.describe(exc, out / index.INDEX_NAME))
+            stopped = stopped or OutputUnwritable(unwritable.describe(exc, out / metadata_index.METADATA_FILE))
         gallery.maybe_write_gallery(out, store, force=True)
         if summary.interrupted_by is not None:
             exit_word = "interrupted"
@@ -453,7 +453,7 @@ class _WriteBehind:
                 },
             )
             faults.point("marked_done")
-            index.append(self.out, row)
+            metadata_index.append(self.out, row)
             faults.point("indexed")
             gallery.maybe_write_gallery(self.out, self.store)
             self.summary.rendered += 1
