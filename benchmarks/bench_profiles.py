@@ -158,7 +158,8 @@ def run_profile(args, profile: str) -> dict:
     if cuda:
         # The 20 GB transformer is created now rather than "loaded": only the text phase is over.
         placement.release_text_encoder(pipe)
-        from batchgen.engine.realsize import materialize_transformer, quantize_transformer_inplace
+        from batchgen.engine.realsize import quantize_transformer_inplace
+        from helpers import materialize_transformer
 
         materialize_transformer(pipe, "cuda")
         if profile in ("int8", "nf4"):

@@ -44,6 +44,7 @@ from batchgen.engine.module_state import peek
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -469,7 +470,7 @@ def bench_e2e(args, pipe, backend: str) -> dict:
         renderer.encode([t for j in jobs for t in (j.prompt, j.negative_prompt)])
         renderer._ensure_denoiser()
         out["attention"] = attention.install(pipe.transformer, backend)
-        out["compile"] = bcompile.compile_blocks(pipe.transformer, mode=args.compile_mode).as_dict()
+        out["compile"] = dataclasses.asdict(bcompile.compile_blocks(pipe.transformer, mode=args.compile_mode))
         if cuda:
             torch.cuda.synchronize()
         out["setup_s"] = round(time.perf_counter() - start, 2)

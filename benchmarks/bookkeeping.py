@@ -76,7 +76,7 @@ def write_manifest(folder: Path, jobs: int) -> Path:
 
 def run(folder: Path, jobs: int) -> dict:
     """Validate, then do every job's bookkeeping; returns timings (seconds) and what was written."""
-    from batchgen.outputs import metadata_index as index
+    from batchgen.outputs import metadata_index
     from batchgen.outputs import verify
     from batchgen.manifest import load_manifest
     from batchgen.run.supervisor import video_path
@@ -120,7 +120,7 @@ def run(folder: Path, jobs: int) -> dict:
             )
             d = time.perf_counter()
             steps["mark_done"] += d - c
-            index.append(out, row)
+            metadata_index.append(out, row)
             steps["index.append"] += time.perf_counter() - d
         # What every run does once at its start and end, at this size (stand-in videos of the recorded size:
         # an empty one would rightly be taken for a truncated video and requeued).
@@ -130,7 +130,7 @@ def run(folder: Path, jobs: int) -> dict:
         e = time.perf_counter()
         requeued = verify.startup_check(out, store, lambda s: None)
         f = time.perf_counter()
-        rows = index.rebuild(out, store)
+        rows = metadata_index.rebuild(out, store)
         g = time.perf_counter()
         counts = store.counts()
     finally:
@@ -140,7 +140,7 @@ def run(folder: Path, jobs: int) -> dict:
         "added": added,
         "claimed": claimed,
         "counts": counts,
-        "index_rows": index.read(out),
+        "index_rows": metadata_index.read(out),
         "requeued": requeued,
         "rebuilt_rows": rows,
         "seconds": {

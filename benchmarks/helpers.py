@@ -1,8 +1,10 @@
-"""Benchmark-only undo helpers, kept out of the package: renders never undo an accelerator in place."""
+"""Benchmark-only helpers, kept out of the package: undoing an accelerator in place (renders never do) and
+filling in a realsize transformer built on the meta device."""
 
 from __future__ import annotations
 
 from batchgen.engine.module_state import state
+from batchgen.engine.realsize import _randomize
 
 
 def remove_approximate(pipe) -> None:
@@ -19,3 +21,16 @@ def restore_fp8_blocks(transformer) -> None:
     for parent, child, module in done.fp8_originals or []:
         setattr(parent, child, module)
     done.fp8_linears, done.fp8_originals = 0, None
+
+
+def materialize_transformer(pipe, device: str = "cuda", seed: int = 0) -> None:
+    """Allocate and randomize a transformer built with `transformer_on_meta=True` (no-op otherwise)."""
+    import torch
+
+    transformer = pipe.transformer
+    if next(transformer.parameters()).device.type != "meta":
+        return
+    transformer.to_empty(device=device)
+    _randomize(transformer, seed)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from diffusers import MochiTransformer3DModel
 
     from batchgen.engine import int8_linear
-    from batchgen.engine import profiles
+    from batchgen import settings
     from batchgen.engine.realsize import _default_dtype, _randomize, quantize_transformer_inplace
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             "command": "python " + " ".join(sys.argv),
             "device": torch.cuda.get_device_name(),
             "layers": args.layers, "frames": args.frames,
-            "int8_kernel_default": profiles.int8_kernel(),
+            "int8_kernel_default": settings.int8_kernel(),
             "results": rows,
         }, indent=1))
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen.outputs.atomic import sha256_file
 from batchgen.job import Job
 from batchgen.outputs.naming import safe_file_stem
@@ -60,5 +60,5 @@ def make_run(out: Path, specs: list[dict], template: str = "{job_id}") -> Store:
             store.mark_done(job.job_id, {"output_path": rel, "sha256": sha, "render_seconds": 1.5 + n,
                                          "profile": "cpu", "finished_at": row["finished_at"],
                                          "metadata": json.dumps(row, ensure_ascii=False)})
-    index.rebuild(out, store)
+    metadata_index.rebuild(out, store)
     return store

@@ -59,5 +59,5 @@ def test_two_threads_write_gallery_and_index_of_one_out(tmp_path):
         t.join()
     assert errors == []
     assert (out / "page.html").read_text() in contents  # whole, never a mix or a stub
-    assert (out / gallery.GALLERY_NAME).read_text().rstrip().endswith("</html>")
+    assert (out / gallery.GALLERY_PAGE).read_text().rstrip().endswith("</html>")
     assert not list(out.glob(".*.partial"))

@@ -9,7 +9,7 @@ import click
 from batchgen.cli.batch import render, retry, status, validate
 from batchgen.cli.doctor import doctor
 from batchgen.cli.export import export
-from batchgen.cli.index import index_command
+from batchgen.cli.metadata_index import metadata_index_command
 from batchgen.cli.reproduce import reproduce
 from batchgen.cli.sheet import sheet
 from batchgen.cli.verify import verify
@@ -28,7 +28,7 @@ def cli() -> None:
     quiet_library_logs()
 
 
-for command in (render, validate, status, retry, reproduce, verify, sheet, doctor, export, index_command):
+for command in (render, validate, status, retry, reproduce, verify, sheet, doctor, export, metadata_index_command):
     cli.add_command(command)
 
 

@@ -21,7 +21,7 @@ def verify(out: Path, decode: bool) -> None:
     deleted) and metadata.jsonl is rewritten from the database; exit status 1 when anything was wrong.
     """
     from batchgen.outputs import verify as checks
-    from batchgen.outputs.metadata_index import INDEX_NAME
+    from batchgen.outputs.metadata_index import METADATA_FILE
     from batchgen.run.lock import FolderLock
     from batchgen.store.queue import Store
 
@@ -37,12 +37,12 @@ def verify(out: Path, decode: bool) -> None:
     click.echo(f"{out}: {report.checked} finished video(s) checked ({how}): {report.checked - bad} ok, {bad} bad")
     for problem in report.problems:
         click.echo(problem.line())
-    if not report.index.ok:
-        click.echo(f"{INDEX_NAME} did not match the database:")
-        for line in report.index.explain():
+    if not report.metadata.ok:
+        click.echo(f"{METADATA_FILE} did not match the database:")
+        for line in report.metadata.explain():
             click.echo(line)
     if report.rebuilt:
-        click.echo(f"{INDEX_NAME} rewritten from the database: {report.index_rows} row(s).")
+        click.echo(f"{METADATA_FILE} rewritten from the database: {report.metadata_rows} row(s).")
     if bad:
         click.echo(f"{bad} job(s) back to pending: run `batchgen render` with the same manifest and --out {out} to render them again.")
     sys.exit(0 if report.ok else 1)

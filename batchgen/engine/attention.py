@@ -33,7 +33,6 @@ stay whole) and computes exactly what diffusers computes, on the same kernel: bi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -254,13 +253,3 @@ def uninstall(transformer) -> None:
     for attn in _attention_modules(transformer):
         attn.processor = MochiAttnProcessor2_0()
     state(transformer).attention = None
-
-
-@contextlib.contextmanager
-def installed(transformer, backend: str = "auto"):
-    """Temporarily install the processor (benchmarks compare processors on one model)."""
-    name = install(transformer, backend)
-    try:
-        yield name
-    finally:
-        uninstall(transformer)

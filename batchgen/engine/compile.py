@@ -10,7 +10,7 @@ measure it as (first step - a later step) and report it apart, amortised over th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -29,9 +29,6 @@ class CompileStats:
     dynamic: bool
     attention: str | None  # batchgen.engine.attention backend the graphs were traced with (None: diffusers')
     torch: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _raise_recompile_limit() -> None:

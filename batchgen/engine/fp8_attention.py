@@ -34,6 +34,7 @@ and traces whole blocks without a break, as batchgen.attention does for the exac
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -281,7 +282,7 @@ def unavailable(device: str, kernel: str = DEFAULT_KERNEL) -> str | None:
         return "fp8 attention needs FlashAttention-3: pip install fa3-fwd"
     if kernel == "cudnn":
         try:
-            import cudnn  # noqa: F401
+            importlib.import_module("cudnn")
         except Exception as exc:  # noqa: BLE001
             return f"fp8 attention ({kernel}) needs nvidia-cudnn-frontend: {exc}"
     # The capability is not the whole story (a wheel built for another torch, a driver): try it, small.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batchgen.engine.profile_registry import (  # noqa: F401  (re-exported: run/ and tests use them from here)
+from batchgen.engine.profile_registry import (
     AUTO,
     PROFILES,
     REGISTRY,
@@ -21,7 +21,10 @@ from batchgen.engine.profile_registry import (  # noqa: F401  (re-exported: run/
     precision,
 )
 from batchgen.errors import BatchgenError
-from batchgen.settings import INT8_KERNELS, int8_kernel  # noqa: F401  (re-exported)
+
+# What run/, the renderer and the tests use from here: the registry's questions (re-exported) and the choice.
+__all__ = ["PROFILES", "REGISTRY", "ProfileChoice", "choose_auto", "estimate_peak_gib", "fallback", "int8_hint",
+           "int8_kernel_switched", "latent_tokens", "precision", "resolve"]
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,9 @@ def build_realsize_pipeline(
 ):
     """MochiPipeline with published-size modules and random weights, allocated directly on `device`.
 
-    `transformer_on_meta` leaves the 20 GB transformer unallocated until `materialize_transformer`, so a
-    benchmark can run the text-encoding phase without it on the GPU, as a real batch (loaded to the CPU) does.
+    `transformer_on_meta` leaves the 20 GB transformer unallocated until `materialize_transformer`
+    (benchmarks/helpers.py), so a benchmark can run the text-encoding phase without it on the GPU, as a real
+    batch (loaded to the CPU) does.
     """
     import torch
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
@@ -105,19 +106,6 @@ def build_realsize_pipeline(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return pipe
-
-
-def materialize_transformer(pipe, device: str = "cuda", seed: int = 0) -> None:
-    """Allocate and randomize a transformer built with `transformer_on_meta=True` (no-op otherwise)."""
-    import torch
-
-    transformer = pipe.transformer
-    if next(transformer.parameters()).device.type != "meta":
-        return
-    transformer.to_empty(device=device)
-    _randomize(transformer, seed)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def quantize_transformer_inplace(transformer, kind: str) -> int:

@@ -29,7 +29,7 @@ import yaml
 
 from batchgen.errors import ManifestError
 from batchgen.job import JOB_DEFAULTS, JOB_FIELDS, Job
-from batchgen.outputs.naming import PLACEHOLDERS, render_output_name, safe_file_stem
+from batchgen.outputs.naming import render_output_name, safe_file_stem
 from batchgen.engine.profile_registry import PROFILES
 
 __all__ = [
@@ -950,7 +950,3 @@ def _normalise(name: str, value: object, *, textual: bool):
         if not 1 <= n <= MAX_FPS:
             raise _Bad(f"fps {n} is out of range; use a whole number from 1 to {MAX_FPS} (default {JOB_DEFAULTS['fps']})")
     return n
-
-
-# Keep PLACEHOLDERS importable from here for the CLI's help text.
-OUTPUT_NAME_PLACEHOLDERS = PLACEHOLDERS

@@ -14,7 +14,7 @@ from batchgen import faults
 from batchgen.outputs.atomic import write_text_atomic
 from batchgen.store.queue import Store
 
-INDEX_NAME = "metadata.jsonl"
+METADATA_FILE = "metadata.jsonl"
 
 
 def row_line(row: dict) -> str:
@@ -23,12 +23,12 @@ def row_line(row: dict) -> str:
 
 def rebuild(out: Path, store: Store) -> int:
     rows = store.metadata_rows()
-    write_text_atomic(Path(out) / INDEX_NAME, "".join(row_line(r) for r in rows))
+    write_text_atomic(Path(out) / METADATA_FILE, "".join(row_line(r) for r in rows))
     return len(rows)
 
 
 def append(out: Path, row: dict) -> None:
-    path = Path(out) / INDEX_NAME
+    path = Path(out) / METADATA_FILE
     data = row_line(row).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -52,7 +52,7 @@ def append(out: Path, row: dict) -> None:
 
 
 def read(out: Path) -> list[dict]:
-    path = Path(out) / INDEX_NAME
+    path = Path(out) / METADATA_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""Checking an output folder against its database: videos deleted or damaged, an index edited by hand.
+"""Checking an output folder against its database: videos deleted or damaged, a metadata.jsonl edited by hand.
 
 The database is the truth. A done job whose video is missing, or whose bytes no longer match the sha256
 recorded when it was written, goes back to pending (a damaged file is moved to OUT/quarantine/ first,
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen.outputs.atomic import sha256_file
 from batchgen.store.queue import Store
 
@@ -38,7 +38,7 @@ class VideoProblem:
 
 
 @dataclass
-class IndexReport:
+class MetadataReport:
     """How OUT/metadata.jsonl differs from the rows the database says it should hold."""
 
     expected: int = 0
@@ -76,11 +76,11 @@ class IndexReport:
         return out
 
 
-def compare_index(out: Path, store: Store) -> IndexReport:
+def compare_metadata(out: Path, store: Store) -> MetadataReport:
     """Compare metadata.jsonl with the database's metadata rows (order does not matter)."""
     expected = {row["job_id"]: row for row in store.metadata_rows()}
-    report = IndexReport(expected=len(expected))
-    path = Path(out) / index.INDEX_NAME
+    report = MetadataReport(expected=len(expected))
+    path = Path(out) / metadata_index.METADATA_FILE
     seen: dict[str, int] = {}
     text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
     for number, line in enumerate(text.splitlines(), 1):
@@ -173,13 +173,13 @@ def _quarantine_name(out: Path, path: Path) -> Path:
 class VerifyReport:
     checked: int
     problems: list[VideoProblem]
-    index: IndexReport
-    index_rows: int  # rows after the rebuild (None-free: always rebuilt when anything differed)
+    metadata: MetadataReport
+    metadata_rows: int  # rows after the rebuild (None-free: always rebuilt when anything differed)
     rebuilt: bool
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.index.ok
+        return not self.problems and self.metadata.ok
 
 
 def verify(out: Path, store: Store, *, decode: bool = False) -> VerifyReport:
@@ -189,10 +189,10 @@ def verify(out: Path, store: Store, *, decode: bool = False) -> VerifyReport:
     """
     checked = store.counts()["done"]
     problems = check_videos(out, store, decode=decode)
-    report = compare_index(out, store)
+    report = compare_metadata(out, store)
     requeue(out, store, problems)
     rebuilt = bool(problems) or not report.ok
-    rows = index.rebuild(out, store) if rebuilt else report.expected
+    rows = metadata_index.rebuild(out, store) if rebuilt else report.expected
     return VerifyReport(checked, problems, report, rows, rebuilt)
 
 
@@ -206,17 +206,17 @@ def startup_check(out: Path, store: Store, log: Callable[[str], None]) -> int:
     """
     out = Path(out)
     # The index first: requeueing a job below takes its row out of what the index should hold.
-    report = compare_index(out, store)
+    report = compare_metadata(out, store)
     problems = quick_check(out, store)
     if problems:
         requeue(out, store, problems)
         log(_startup_warning(out, problems))
     if report.edited:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        copy = out / f"{index.INDEX_NAME}.edited-{stamp}.bak"
-        shutil.copy2(out / index.INDEX_NAME, copy)
+        copy = out / f"{metadata_index.METADATA_FILE}.edited-{stamp}.bak"
+        shutil.copy2(out / metadata_index.METADATA_FILE, copy)
         log(
-            f"batchgen: warning: {out / index.INDEX_NAME} differs from the database (edited by hand?); it is "
+            f"batchgen: warning: {out / metadata_index.METADATA_FILE} differs from the database (edited by hand?); it is "
             f"rewritten from the database, which is the record of what was rendered. Your copy is kept as {copy.name}:\n"
             + "\n".join(report.explain(5))
         )

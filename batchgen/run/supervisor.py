@@ -22,7 +22,7 @@ from batchgen.errors import BatchgenError
 from batchgen.job import Job
 from batchgen.manifest.parse import Manifest
 from batchgen.outputs import gallery
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen.outputs import unwritable
 from batchgen.outputs import verify
 from batchgen.outputs.atomic import remove_partials
@@ -110,7 +110,7 @@ def _prepare(ctx: RunContext, jobs: list[Job]) -> None:
     stale = store.reset_running()
     verify.startup_check(out, store, ctx.log)
     _sweep_partials(out)
-    index.rebuild(out, store)
+    metadata_index.rebuild(out, store)
     gallery.maybe_write_gallery(out, store, force=True)
     if stale:
         ctx.log(f"batchgen: {stale} job(s) left running by an interrupted run go back to the queue")
@@ -186,12 +186,12 @@ def _finish(ctx: RunContext, run_id: int, stopped: OutputUnwritable | None) -> O
     try:
         store.reset_running()  # a runner's job cut short (a worker, an actor) is the next run's again
         _sweep_partials(out)  # left by a worker that died; every writer of this run has stopped
-        index.rebuild(out, store)
+        metadata_index.rebuild(out, store)
     except Exception as exc:
         # With the batch already stopping for a full disk, the index is rebuilt on the next run.
         if stopped is None and unwritable.unwritable_errno(exc, out) is None:
             raise
-        stopped = stopped or OutputUnwritable(unwritable.describe(exc, out / index.INDEX_NAME))
+        stopped = stopped or OutputUnwritable(unwritable.describe(exc, out / metadata_index.METADATA_FILE))
     gallery.maybe_write_gallery(out, store, force=True)
     word = "finished"
     if summary.interrupted_by is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from batchgen import faults
 from batchgen.job import Job
 from batchgen.outputs import gallery
-from batchgen.outputs import metadata_index as index
+from batchgen.outputs import metadata_index
 from batchgen.outputs.atomic import sha256_file
 from batchgen.outputs.unwritable import OutputUnwritable
 from batchgen.outputs.video import write_mp4
@@ -144,7 +144,7 @@ class WriteBehind:
                 },
             )
             faults.point("marked_done")
-            index.append(self.out, row)
+            metadata_index.append(self.out, row)
             faults.point("indexed")
             gallery.maybe_write_gallery(self.out, self.store)
             self.summary.rendered += 1

@@ -1,4 +1,8 @@
-"""`batchgen index OUT [--rebuild]`: compare metadata.jsonl with the database, or rewrite it from it."""
+"""`batchgen index OUT [--rebuild]`: compare metadata.jsonl with the database, or rewrite it from it.
+
+The command keeps the name users know, `index`; in the code "metadata index" is metadata.jsonl
+(outputs/metadata_index.py), "gallery page" is OUT/index.html and "index" alone is a database index.
+"""
 
 from __future__ import annotations
 
@@ -14,28 +18,28 @@ from batchgen.cli.common import friendly
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--rebuild", is_flag=True, help="Rewrite metadata.jsonl from the database.")
 @friendly
-def index_command(out: Path, rebuild: bool) -> None:
+def metadata_index_command(out: Path, rebuild: bool) -> None:
     """Check that OUT/metadata.jsonl matches the database (exit 1 if not), or --rebuild it from the database."""
-    from batchgen.outputs import metadata_index as index
+    from batchgen.outputs import metadata_index
     from batchgen.run.lock import FolderLock
     from batchgen.store.queue import Store
-    from batchgen.outputs.verify import compare_index
+    from batchgen.outputs.verify import compare_metadata
 
     store = Store(out, create=False)
     try:
-        report = compare_index(out, store)
+        report = compare_metadata(out, store)
         if rebuild:
             # A render appending rows meanwhile could land a row in the file being replaced.
             with FolderLock(out):
-                rows = index.rebuild(out, store)
-            click.echo(f"{out / index.INDEX_NAME} rebuilt from the database: {rows} row(s) (it had {report.lines}).")
+                rows = metadata_index.rebuild(out, store)
+            click.echo(f"{out / metadata_index.METADATA_FILE} rebuilt from the database: {rows} row(s) (it had {report.lines}).")
             return
     finally:
         store.close()
     if report.ok:
-        click.echo(f"{out / index.INDEX_NAME} matches the database: {report.expected} row(s).")
+        click.echo(f"{out / metadata_index.METADATA_FILE} matches the database: {report.expected} row(s).")
         return
-    click.echo(f"{out / index.INDEX_NAME} does not match the database ({report.lines} row(s), {report.expected} expected):")
+    click.echo(f"{out / metadata_index.METADATA_FILE} does not match the database ({report.lines} row(s), {report.expected} expected):")
     for line in report.explain():
         click.echo(line)
     click.echo(f"The database is the record: `batchgen index {out} --rebuild` rewrites the file from it.")
