@@ -100,16 +100,39 @@ class _CoreConstructor(SafeConstructor):
     def construct_core_bool(self, node: ScalarNode) -> bool:
         return self.construct_scalar(node).lower() == "true"
 
+    def _merged_pairs(self, node: MappingNode) -> tuple[list, list]:
+        """(pairs merged in through `<<`, in an order where a later pair overrides an earlier one; the mapping's
+        own pairs). Not PyYAML's flatten_mapping: its 6.0 version lets the last of several merged mappings win,
+        where the merge-key spec says the first does."""
+        sources: list[MappingNode] = []
+        own = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            items = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            for item in items:
+                if not isinstance(item, MappingNode):
+                    raise ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        "'<<' (a merge key) takes a mapping or a list of mappings", item.start_mark,
+                    )
+                sources.append(item)
+        merged = []
+        for source in reversed(sources):
+            inner, inner_own = self._merged_pairs(source)
+            merged += inner + inner_own
+        return merged, own
+
     def construct_line_mapping(self, node: MappingNode) -> LineDict:
-        # Keys written in this mapping, counted before flatten_mapping puts the merged ones in front of them.
-        written = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
-        self.flatten_mapping(node)
-        merged = len(node.value) - written
+        merged_pairs, own = self._merged_pairs(node)
+        pairs = merged_pairs + own
+        merged = len(merged_pairs)
         mapping = LineDict()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
         mapping.duplicate_keys = []
-        for position, (key_node, value_node) in enumerate(node.value):
+        for position, (key_node, value_node) in enumerate(pairs):
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, Hashable):
                 raise ConstructorError(
@@ -117,9 +140,8 @@ class _CoreConstructor(SafeConstructor):
                     key_node.start_mark,
                 )
             line = key_node.start_mark.line + 1
-            # flatten_mapping orders the pairs so that the last one is the one the spec keeps (the mapping's
-            # own keys last, the first of several merged mappings after the others): a key repeated through a
-            # merge is an override, only one written twice in this mapping is a mistake.
+            # The pairs are ordered so that the last is the one the spec keeps: a key repeated through a merge
+            # is an override, only one written twice in this mapping itself is a mistake.
             if key in mapping.key_lines and mapping.key_lines[key][1] and position >= merged:
                 mapping.duplicate_keys.append((key, mapping.key_lines[key][0], line))
             mapping[key] = self.construct_object(value_node, deep=True)
