@@ -15,6 +15,7 @@ import io
 
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.entries import TOP_LEVEL_KEYS, Draft, add_entries, suggest
+from batchgen.manifest.fields import show
 
 
 def _records(text: str, draft: Draft) -> list[tuple[int, int, list[str]]] | None:
@@ -70,7 +71,7 @@ def _header(cells: list[str], draft: Draft) -> list[str] | None:
                 )
             else:
                 hint = suggest(name, JOB_FIELDS)
-            draft.problem(f"{display}:row 1: unknown column {name!r}{hint}")
+            draft.problem(f"{display}:row 1: unknown column {show(name)}{hint}")
         else:
             seen[name] = col
     if "prompt" not in header:

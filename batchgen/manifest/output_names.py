@@ -11,11 +11,18 @@ import string
 from batchgen.outputs.naming import PLACEHOLDERS, render_output_name
 
 VIDEO_SUFFIX = ".mp4"
+# A file name is at most 200 bytes; a template far longer than that is a mistake (and is not quoted whole).
+MAX_TEMPLATE_CHARS = 1000
 
 
 def check_template(template: str) -> str:
     """The template to render names with (`.mp4` dropped), or raises ValueError with a message for the user."""
     text = template.strip()
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise ValueError(
+            f"output_name has {len(text)} characters, more than {MAX_TEMPLATE_CHARS}; file names are at most 200 "
+            f"bytes, so write a short template such as \"{{prompt:.40}}-{{index}}\""
+        )
     if text.lower().endswith(VIDEO_SUFFIX):
         text = text[: -len(VIDEO_SUFFIX)]
     if not text:

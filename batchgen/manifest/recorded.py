@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from batchgen.engine import approximate
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.entries import Draft, Entry, read_text
-from batchgen.manifest.fields import FieldError, normalise
+from batchgen.manifest.fields import FieldError, normalise, show
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -173,11 +173,11 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
     stem = PurePosixPath(str(row["file_name"])).name
     stem = stem[: -len(".mp4")] if stem.lower().endswith(".mp4") else stem
     if not stem:
-        state.problem(f"{source}: field 'file_name': {row['file_name']!r} names no file")
+        state.problem(f"{source}: field 'file_name': {show(row['file_name'])} names no file")
         ok = False
     for name in ("model", "precision"):
         if not isinstance(row[name], str) or not row[name].strip():
-            state.problem(f"{source}: field '{name}': must be text, got {row[name]!r}")
+            state.problem(f"{source}: field '{name}': must be text, got {show(row[name])}")
             ok = False
     if not ok:
         state.entry_problems += 1
