@@ -53,7 +53,9 @@ def mutated(draw, base: str) -> str:
     return text
 
 
-def _validate(path):
+def _validate(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output
@@ -77,23 +79,19 @@ def _data_rows(text: str) -> int | None:
     return sum(1 for row in rows[1:] if any(cell.strip() for cell in row))
 
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
 @given(text=mutated(YAML))
 def test_mutated_yaml_is_validated_or_refused(tmp_path, text):
-    path = tmp_path / "jobs.yaml"
-    path.write_text(text, encoding="utf-8", newline="")
-    _validate(path)
+    _validate(tmp_path, "jobs.yaml", text)
 
 
 @SETTINGS
 @given(text=mutated(CSV))
 def test_mutated_csv_gives_one_job_per_row(tmp_path, text):
-    path = tmp_path / "jobs.csv"
-    path.write_text(text, encoding="utf-8", newline="")
-    result = _validate(path)
+    result = _validate(tmp_path, "jobs.csv", text)
     rows = _data_rows(text)
     if rows is None:
         assert result.exit_code == 2, result.output  # never a guess at where broken quoting ends
@@ -107,8 +105,6 @@ def test_mutated_csv_gives_one_job_per_row(tmp_path, text):
 @SETTINGS
 @given(text=mutated(TXT))
 def test_mutated_txt_gives_one_job_per_line(tmp_path, text):
-    path = tmp_path / "jobs.txt"
-    path.write_text(text, encoding="utf-8", newline="")
-    result = _validate(path)
+    result = _validate(tmp_path, "jobs.txt", text)
     if result.exit_code == 0:
         assert _accepted_entries(result.output) == sum(1 for line in text.split("\n") if line.strip())
