@@ -248,7 +248,7 @@ def _check_int(name: str, n: int) -> None:
             )
 
 
-def normalise(name: str, value: object, *, textual: bool):
+def normalise(name: str, value: object, *, textual: bool) -> str | int | float:
     """Check one job field and return its normalised value (str, int or float); raises FieldError with a hint.
 
     `textual`: the value comes from CSV/TXT (or a database row), where numbers are written as text.

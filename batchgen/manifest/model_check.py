@@ -108,7 +108,10 @@ def _shard_problems(sub: Path, name: str) -> list[str] | None:
 def _check_cached(model: str, revision: str | None) -> None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    try:
+        found = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    except ValueError as exc:  # huggingface_hub's HFValidationError: not a repo id it accepts
+        raise ModelLoadError(f"model {model!r} is not a valid hub id ({exc}); write it as owner/name") from None
     if not isinstance(found, str):
         at = f" at revision {revision!r}" if revision else ""
         raise ModelLoadError(

@@ -15,7 +15,7 @@ from batchgen.manifest.txt_reader import read_txt
 from batchgen.manifest.yaml_loader import Refused, parse_yaml
 
 
-def line_of(container, key, default: int) -> int:
+def line_of(container: object, key: object, default: int) -> int:
     lines = getattr(container, "key_lines", None)
     if lines and key in lines:
         return lines[key]
