@@ -40,11 +40,14 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
     from batchgen.manifest.parse import load_manifest
     from batchgen.run.supervisor import render_manifest
 
+    from batchgen.manifest.model_check import check_model
+
     m = load_manifest(manifest, model=model, out=out, profile=profile, approximate=approximate)
     for warning in m.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if m.out is None:
         raise BatchgenError(f"{manifest}: no output folder: give --out OUT or `out:` in the manifest.")
+    check_model(m.model, m.revision)  # before anything is written
     if sum(bool(x) for x in (gpus, workers, ray_address)) > 1:
         raise BatchgenError("Give one of --gpus (one worker per GPU), --workers (CPU worker processes) or --ray.")
     pool = None
@@ -74,10 +77,12 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
 @click.option("--profile", help="Override the manifest's profile.")
 @friendly
 def validate(manifest: Path, model: str | None, profile: str | None) -> None:
-    """Check MANIFEST and say how many jobs it expands to; renders nothing."""
+    """Check MANIFEST and its model and say how many jobs it expands to; renders nothing."""
+    from batchgen.manifest.model_check import check_model
     from batchgen.manifest.parse import load_manifest
 
     m = load_manifest(manifest, model=model, profile=profile)
+    check_model(m.model, m.revision)
     for warning in m.warnings:
         click.echo(f"Warning: {warning}", err=True)
     # The precision only changes job ids, not how many there are; fp32 avoids probing for a GPU.
@@ -91,15 +96,21 @@ def validate(manifest: Path, model: str | None, profile: str | None) -> None:
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: total, pending, running, done, failed.")
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False, path_type=Path),
+              help="Count this manifest's jobs apart from the others in OUT (an edited manifest).")
 @friendly
-def status(out: Path, as_json: bool) -> None:
+def status(out: Path, as_json: bool, manifest: Path | None = None) -> None:
     """Show how far the batch in OUT has come."""
     from batchgen.store.queue import Store
 
     store = Store(out, create=False)
     try:
         counts = store.counts()
+        in_out = _manifest_in(manifest, store) if manifest is not None else None
         if as_json:
+            if in_out is not None:
+                counts["manifest"] = {**in_out.ours, "not_queued": in_out.not_queued, "others": in_out.others,
+                                      "renamed": len(in_out.renamed)}
             click.echo(json.dumps(counts))
             return
         total = counts["total"] or 1
@@ -107,10 +118,26 @@ def status(out: Path, as_json: bool) -> None:
             f"{out}: {counts['done']}/{counts['total']} done ({100 * counts['done'] / total:.0f}%), "
             f"{counts['pending']} pending, {counts['running']} running, {counts['failed']} failed"
         )
+        if in_out is not None:
+            ours = in_out.ours
+            click.echo(
+                f"  {manifest}: {ours['done']}/{sum(ours.values()) + in_out.not_queued} of its jobs done, "
+                f"{ours['pending'] + in_out.not_queued} to render ({in_out.not_queued} not queued yet), "
+                f"{ours['running']} running, {ours['failed']} failed"
+            )
+            for line in in_out.lines():
+                click.echo(f"  {line}")
         for row in store.rows("failed")[:20]:
             click.echo(f"  failed {row['job_id']} ({row['source']}): {row['error']}")
     finally:
         store.close()
+
+
+def _manifest_in(manifest: Path, store):
+    from batchgen.manifest.in_out import compare_manifest
+    from batchgen.manifest.parse import load_manifest
+
+    return compare_manifest(load_manifest(manifest), store)
 
 
 @click.command()

@@ -21,13 +21,14 @@ from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
 from batchgen.job import JOB_FIELDS
-from batchgen.manifest.parse import Entry, _Bad, _normalise, _read_text, _State
+from batchgen.manifest.entries import Draft, Entry, read_text
+from batchgen.manifest.fields import FieldError, normalise, show
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def load_records(state: _State, *, profile_override: str | None = None) -> None:
+def load_records(state: Draft, *, profile_override: str | None = None) -> None:
     """Fill `state` (model, revision, profile, quality, entries) from the records at `state.path`;
     problems go to `state.problems`, each naming the file and line (or job)."""
     if state.path.suffix.lower() == ".db":
@@ -87,8 +88,8 @@ def load_records(state: _State, *, profile_override: str | None = None) -> None:
             )
 
 
-def _jsonl_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
-    text = _read_text(state.path, state.display, state.problems, what="metadata file")
+def _jsonl_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
+    text = read_text(state.path, state.display, state.problems, what="metadata file")
     if text is None:
         return None
     rows = []
@@ -113,7 +114,7 @@ def _jsonl_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
     return rows
 
 
-def _db_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
+def _db_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
     path = state.path
     if not path.is_file():
         state.problem(f"{state.display}: database not found (looked for {path.expanduser().absolute()})")
@@ -149,7 +150,7 @@ def _db_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
     return result
 
 
-def _entry(state: _State, source: str, row: dict, textual: bool) -> dict | None:
+def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
     """Check one recorded row; add its Entry to `state` and return what the rows must agree on."""
     fields: dict = {}
     ok = True
@@ -165,18 +166,18 @@ def _entry(state: _State, source: str, row: dict, textual: bool) -> dict | None:
         if name == "negative_prompt" and value is None:
             value = ""
         try:
-            fields[name] = _normalise(name, value, textual=textual)
-        except _Bad as exc:
+            fields[name] = normalise(name, value, textual=textual)
+        except FieldError as exc:
             state.problem(f"{source}: field '{name}': {exc}")
             ok = False
     stem = PurePosixPath(str(row["file_name"])).name
     stem = stem[: -len(".mp4")] if stem.lower().endswith(".mp4") else stem
     if not stem:
-        state.problem(f"{source}: field 'file_name': {row['file_name']!r} names no file")
+        state.problem(f"{source}: field 'file_name': {show(row['file_name'])} names no file")
         ok = False
     for name in ("model", "precision"):
         if not isinstance(row[name], str) or not row[name].strip():
-            state.problem(f"{source}: field '{name}': must be text, got {row[name]!r}")
+            state.problem(f"{source}: field '{name}': must be text, got {show(row[name])}")
             ok = False
     if not ok:
         state.entry_problems += 1
@@ -192,7 +193,7 @@ def _entry(state: _State, source: str, row: dict, textual: bool) -> dict | None:
     }
 
 
-def _agree(state: _State, runs: list[dict], key: str):
+def _agree(state: Draft, runs: list[dict], key: str):
     first = runs[0]
     for run in runs[1:]:
         if run[key] != first[key]:
@@ -205,7 +206,7 @@ def _agree(state: _State, runs: list[dict], key: str):
     return first[key]
 
 
-def _pin_hub_commit(state: _State, runs: list[dict], model: str, revision: str | None) -> None:
+def _pin_hub_commit(state: Draft, runs: list[dict], model: str, revision: str | None) -> None:
     """Render a hub model from the commit the rows record, not from wherever `revision` points today."""
     commits = {r["resolved_revision"] for r in runs if r["resolved_revision"] and _HUB_COMMIT.fullmatch(r["resolved_revision"])}
     if not commits or model == "tiny" or Path(model).expanduser().is_dir():

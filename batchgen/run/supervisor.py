@@ -20,6 +20,7 @@ from batchgen.engine import profile_registry, profiles
 from batchgen.engine.environment import check_device
 from batchgen.errors import BatchgenError
 from batchgen.job import Job
+from batchgen.manifest.in_out import compare
 from batchgen.manifest.parse import Manifest
 from batchgen.outputs import gallery
 from batchgen.outputs import metadata_index
@@ -121,13 +122,17 @@ def _run(ctx: RunContext, jobs: list[Job], runner) -> None:
     _prepare(ctx, jobs)
     ctx.pending = store.pending_count(model=ctx.model, precision=ctx.precision)
     counts = store.counts()
-    summary.total, summary.skipped = counts["total"], counts["done"]
+    # This manifest's jobs counted apart from whatever else OUT holds (an earlier version of it, say).
+    standing = compare(jobs, store)
+    for line in standing.lines():
+        log(f"batchgen: {line}")
+    summary.total, summary.skipped = counts["total"], standing.ours["done"]
     if ctx.pending == 0:
-        log(f"batchgen: nothing to render in {out}: {counts['done']} done, {counts['failed']} failed")
+        log(f"batchgen: nothing to render in {out}: {standing.ours['done']} done, {standing.ours['failed']} failed")
         summary.failed = counts["failed"]
         return
     log(f"batchgen: profile '{choice.name}' ({choice.reason}); {ctx.pending} job(s) to render, "
-        f"{counts['done']} already done")
+        f"{standing.ours['done']} already done")
     if choice.device == "cpu" and ctx.model != "tiny":
         log("batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
             "Use `model: tiny` to try batchgen, or run on a CUDA machine.")

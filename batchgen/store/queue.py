@@ -281,6 +281,11 @@ class Store:
                 texts.append(negative or "")
         return list(dict.fromkeys(texts))
 
+    def job_states(self) -> dict[str, tuple[str, str]]:
+        """Every job of the folder: job id -> (status, output name). Read-only."""
+        rows = self.db.execute("select job_id, status, output_name from jobs").fetchall()
+        return {job_id: (status, name) for job_id, status, name in rows}
+
     def done_rows(self) -> list[dict]:
         return list(self.db.query("select * from jobs where status='done' order by position"))
 
