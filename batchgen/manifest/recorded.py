@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.parse import Entry, _Bad, _normalise, _read_text, _State
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
+from batchgen.store.readonly import DatabaseMissing, NotBatchgenDatabase, open_readonly
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -115,26 +115,15 @@ def _jsonl_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
 
 def _db_rows(state: _State) -> list[tuple[str, dict, bool]] | None:
     path = state.path
-    if not path.is_file():
+    try:
+        with open_readonly(path) as store:
+            rows = store.all_rows()
+    except DatabaseMissing:
         state.problem(f"{state.display}: database not found (looked for {path.expanduser().absolute()})")
         return None
-    try:
-        conn = sqlite3.connect(f"{path.expanduser().absolute().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        state.problem(f"{state.display}: cannot open the database ({exc})")
+    except NotBatchgenDatabase as exc:
+        state.problem(f"{state.display}: {exc.reason}; give OUT/batchgen.db or OUT/metadata.jsonl")
         return None
-    try:
-        conn.row_factory = sqlite3.Row
-        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
-        if "jobs" not in tables:
-            state.problem(f"{state.display}: not a batchgen database (no jobs table); give OUT/batchgen.db or OUT/metadata.jsonl")
-            return None
-        rows = [dict(r) for r in conn.execute("select * from jobs order by position")]
-    except sqlite3.DatabaseError as exc:
-        state.problem(f"{state.display}: not a usable SQLite database ({exc})")
-        return None
-    finally:
-        conn.close()
     result = []
     for row in rows:
         if row.get("metadata"):
