@@ -55,7 +55,10 @@ def reproduce(out: Path, job_ids: tuple[str, ...], sample: int | None, seed: int
     results = run_reproduce(out, ids, scratch=scratch, profile=profile, device=device, deterministic=deterministic,
                             progress=not no_progress, on_result=show)
     same = sum(r.identical for r in results)
-    click.echo(f"{same} of {len(results)} job(s) identical", err=True)
+    damaged = sum(bool(r.recorded_video_problem) for r in results)
+    click.echo(f"{same} of {len(results)} job(s) identical"
+               + (f"; {damaged} recorded video(s) missing or damaged: `batchgen verify {out}` re-queues them"
+                  if damaged else ""), err=True)
     sys.exit(0 if same == len(results) else 1)
 
 
@@ -63,19 +66,15 @@ def prepare_env_if_recorded(out: Path) -> None:
     """Set CUBLAS_WORKSPACE_CONFIG before CUDA starts when some job of OUT was rendered deterministically:
     it is harmless for the others, and too late once the first job has touched CUDA."""
     from batchgen.engine.determinism import prepare_env
-    from batchgen.run.reproduce import ReproduceError, _connect
+    from batchgen.errors import StoreError
+    from batchgen.store.readonly import open_readonly
 
     try:
-        conn = _connect(out)
-    except ReproduceError:
+        with open_readonly(out) as store:
+            texts = store.done_fingerprints()
+    except StoreError:
         return  # reported properly by reproduce itself
-    try:
-        rows = conn.execute("select fingerprint from jobs where status='done' and fingerprint is not null").fetchall()
-    except Exception:
-        rows = []
-    finally:
-        conn.close()
-    for (text,) in rows:
+    for text in texts:
         try:
             if json.loads(text).get("deterministic", {}).get("deterministic_algorithms"):
                 prepare_env()
