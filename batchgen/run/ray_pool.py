@@ -152,9 +152,9 @@ def run_on_ray(manifest, out, store, choice, precision: str, pending: int, summa
     ray.get([h.encode.remote(texts) for h in handles])
     renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
 
-    from batchgen.run.progress import BatchProgress
+    from batchgen.run.progress import BatchProgress, pending_shapes
 
-    bar = BatchProgress(pending, progress)
+    bar = BatchProgress(pending, progress, pending_shapes(store, manifest.model, precision))
     errors: list[BaseException] = []
     stop = threading.Event()
 

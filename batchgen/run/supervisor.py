@@ -25,7 +25,7 @@ from batchgen.engine.environment import device_name, library_versions
 from batchgen.outputs.atomic import remove_partials, sha256_file
 from batchgen.job import Job
 from batchgen.run.lock import FolderLock
-from batchgen.run.progress import BatchProgress
+from batchgen.run.progress import BatchProgress, pending_shapes
 from batchgen.manifest.parse import Manifest
 from batchgen.store.queue import Store, now
 from batchgen.outputs.video import write_mp4
@@ -238,7 +238,8 @@ def _run(manifest, out, store, choice, precision, jobs, summary, device, progres
     )
     exit_word = "finished"
     stopped: OutputUnwritable | None = None
-    bar = BatchProgress(pending, progress)
+    bar = BatchProgress(pending, progress, pending_shapes(store, manifest.model, precision))
+    renderer.on_phase = bar.phase
     try:
         with _SignalGuard():
             try:
