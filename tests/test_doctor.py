@@ -198,3 +198,34 @@ def test_fp8_fast_is_listed_only_where_fp8_tensor_cores_exist():
     ampere = doctor.check_profiles([gpu(70, capability=(8, 0))], bnb_ok=True)
     assert "fp8-fast needs an Ada or Hopper GPU" in ampere.detail and "fp8-fast ~" not in ampere.detail
     assert "resident ~" in ampere.detail
+
+
+def test_a_missing_model_folder_is_named_as_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("doctor", "--model", "./missing")
+    assert result.exit_code == 1, result.output
+    line = next(l for l in result.output.splitlines() if l.split()[1:2] == ["model"])
+    assert "FAIL" in line and "missing does not exist" in line and "hub id" not in line.split("fix:")[0], result.output
+    (tmp_path / "afile").write_text("x")
+    assert "a file, not a folder" in doctor.check_model("./afile", explicit=True).detail
+    # A hub id is still looked up in the cache, not taken for a folder.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert "does not exist" not in doctor.check_model("org/model", explicit=True).detail
+
+
+def test_a_read_only_mount_is_called_read_only(tmp_path, monkeypatch):
+    import os
+    import types
+
+    real = os.statvfs
+
+    def read_only(path):
+        st = real(path)
+        fields = {k: getattr(st, k) for k in dir(st) if k.startswith("f_")}
+        return types.SimpleNamespace(**dict(fields, f_flag=st.f_flag | os.ST_RDONLY))
+
+    assert doctor.check_disk(tmp_path).status == "OK"
+    monkeypatch.setattr(doctor.os, "statvfs", read_only)
+    check = doctor.check_disk(tmp_path / "out")
+    assert check.status == "FAIL" and check.blocking and "read-only" in check.detail, check
+    assert "permissions" not in check.fix and "writable" in check.fix

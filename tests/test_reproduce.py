@@ -202,6 +202,38 @@ def test_reproduce_renders_with_the_recorded_cpu_thread_count(tmp_path):
     assert torch.get_num_threads() == old
 
 
+def test_reproduce_header_and_fingerprint_agree_on_cpu_threads(rendered, monkeypatch):
+    # BATCHGEN_CPU_THREADS=2 must not override the recorded count the header announces.
+    _, out = rendered
+    jid = job_ids(out)[0]
+    monkeypatch.setenv("BATCHGEN_CPU_THREADS", "2")
+    lines = []
+    [result] = reproduce(out, [jid], log=lines.append)
+    assert any("1 CPU thread" in line and "as recorded" in line for line in lines), lines
+    assert not any(d.startswith("cpu_threads") for d in result.fingerprint_diff), result.fingerprint_diff
+    assert result.identical
+
+
+def test_reproduce_says_when_the_recorded_video_is_missing_or_damaged(rendered, tmp_path):
+    _, src = rendered
+    out = copy_of(src, tmp_path)
+    gone, cut, whole = job_ids(out)[:3]
+    rows = {r["job_id"]: r for r in read_index(out)}
+    (out / rows[gone]["file_name"]).unlink()
+    (out / rows[cut]["file_name"]).write_bytes(b"")
+    result = run("reproduce", out, gone, cut, whole, "--json", "--no-progress")
+    reports = {r["job_id"]: r for r in map(json.loads, (l for l in result.stdout.splitlines() if l.startswith("{")))}
+    # The frames are still judged by the recorded frames_sha256 ...
+    assert all(r["identical"] for r in reports.values()) and result.exit_code == 0, result.output
+    # ... and the report says what happened to the file.
+    assert "is missing" in reports[gone]["recorded_video_problem"]
+    assert "is damaged: 0 bytes" in reports[cut]["recorded_video_problem"]
+    assert reports[whole]["recorded_video_problem"] == ""
+    assert "2 recorded video(s) missing or damaged" in result.stderr
+    text = run("reproduce", out, gone, "--no-progress")
+    assert "identical" in text.stdout and f"{rows[gone]['file_name']} is missing" in text.stdout, text.output
+
+
 def test_reproduce_sample_draws_distinct_done_jobs(rendered):
     _, out = rendered
     result = run("reproduce", out, "--sample", 2, "--seed", 5, "--json", "--no-progress")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from batchgen.cli.common import friendly
+from batchgen.cli.common import friendly, progress_options
 from batchgen.errors import BatchgenError
 
 
@@ -22,13 +22,13 @@ from batchgen.errors import BatchgenError
 @click.option("--workers", type=click.IntRange(1, 64), help="Number of worker processes on the CPU (testing, CPU farms).")
 @click.option("--ray", "ray_address", help="Render on a Ray cluster: its address, 'auto', or 'local' (starts one here).")
 @click.option("--ray-actors", type=click.IntRange(1, 1024), help="Number of Ray actors (default: one per GPU of the cluster).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_options
 @click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms (and the CUDA settings they need); slower on a GPU.")
 @click.option("--approximate", help="Opt-in approximate accelerator (overrides the manifest): first-block-cache[:THRESHOLD], pab, or none. Other frames, own job ids.")
 @friendly
 def render(manifest: Path, out: Path | None, model: str | None, profile: str | None, device: str | None,
            gpus: str | None, workers: int | None, ray_address: str | None, ray_actors: int | None,
-           no_progress: bool, deterministic: bool = False, approximate: str | None = None) -> None:
+           progress: str, deterministic: bool = False, approximate: str | None = None) -> None:
     """Render every job of MANIFEST into OUT; run it again to resume.
 
     MANIFEST may also be a previous run's metadata.jsonl or batchgen.db: the same jobs and file names again."""
@@ -58,7 +58,7 @@ def render(manifest: Path, out: Path | None, model: str | None, profile: str | N
     elif workers:
         pool = ["cpu"] * workers
         device = "cpu"
-    summary = render_manifest(m, m.out, device=device, progress=not no_progress, workers=pool, deterministic=deterministic,
+    summary = render_manifest(m, m.out, device=device, progress=progress, workers=pool, deterministic=deterministic,
                               ray_address=ray_address, ray_actors=ray_actors)
     left = f", {summary.left_pending} still pending (run the same command again)" if summary.left_pending else ""
     click.echo(

@@ -22,3 +22,18 @@ def friendly(fn):
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def progress_options(fn):
+    """`--progress auto|bars|lines|none` and its older spelling `--no-progress` (= none), handed to the
+    command as one `progress` mode string."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, progress: str, no_progress: bool, **kwargs):
+        return fn(*args, progress="none" if no_progress else progress, **kwargs)
+
+    wrapper = click.option("--no-progress", is_flag=True, help="No progress output: same as --progress none.")(wrapper)
+    return click.option(
+        "--progress", type=click.Choice(["auto", "bars", "lines", "none"]), default="auto", show_default=True,
+        help="bars: redrawn bars for a terminal; lines: one plain line per finished job with the batch's ETA, "
+             "for a log file; auto: bars on a terminal, lines otherwise.")(wrapper)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from batchgen.cli.common import friendly
+from batchgen.cli.common import friendly, progress_options
 from batchgen.errors import BatchgenError
 
 
@@ -23,10 +23,10 @@ from batchgen.errors import BatchgenError
               help="Where the re-renders go (one folder per job); default OUT/.reproduce.")
 @click.option("--deterministic", is_flag=True, help="Force deterministic mode (on anyway for jobs rendered with it).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job on stdout.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_options
 @friendly
 def reproduce(out: Path, job_ids: tuple[str, ...], sample: int | None, seed: int | None, profile: str | None,
-              device: str | None, scratch: Path | None, deterministic: bool, as_json: bool, no_progress: bool) -> None:
+              device: str | None, scratch: Path | None, deterministic: bool, as_json: bool, progress: str) -> None:
     """Re-render jobs of OUT with exactly their recorded settings and compare the frames.
 
     Prints `identical`, or `differs` with the max absolute pixel difference, the PSNR and every fingerprint
@@ -53,9 +53,12 @@ def reproduce(out: Path, job_ids: tuple[str, ...], sample: int | None, seed: int
             click.echo(result.report())
 
     results = run_reproduce(out, ids, scratch=scratch, profile=profile, device=device, deterministic=deterministic,
-                            progress=not no_progress, on_result=show)
+                            progress=progress, on_result=show)
     same = sum(r.identical for r in results)
-    click.echo(f"{same} of {len(results)} job(s) identical", err=True)
+    damaged = sum(bool(r.recorded_video_problem) for r in results)
+    click.echo(f"{same} of {len(results)} job(s) identical"
+               + (f"; {damaged} recorded video(s) missing or damaged: `batchgen verify {out}` re-queues them"
+                  if damaged else ""), err=True)
     sys.exit(0 if same == len(results) else 1)
 
 
@@ -63,19 +66,15 @@ def prepare_env_if_recorded(out: Path) -> None:
     """Set CUBLAS_WORKSPACE_CONFIG before CUDA starts when some job of OUT was rendered deterministically:
     it is harmless for the others, and too late once the first job has touched CUDA."""
     from batchgen.engine.determinism import prepare_env
-    from batchgen.run.reproduce import ReproduceError, _connect
+    from batchgen.errors import StoreError
+    from batchgen.store.readonly import open_readonly
 
     try:
-        conn = _connect(out)
-    except ReproduceError:
+        with open_readonly(out) as store:
+            texts = store.done_fingerprints()
+    except StoreError:
         return  # reported properly by reproduce itself
-    try:
-        rows = conn.execute("select fingerprint from jobs where status='done' and fingerprint is not null").fetchall()
-    except Exception:
-        rows = []
-    finally:
-        conn.close()
-    for (text,) in rows:
+    for text in texts:
         try:
             if json.loads(text).get("deterministic", {}).get("deterministic_algorithms"):
                 prepare_env()

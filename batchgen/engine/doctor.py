@@ -10,12 +10,13 @@ import importlib.util
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from batchgen.engine import profile_registry
+from batchgen.errors import StoreError
+from batchgen.store.readonly import open_readonly
 
 DEFAULT_MODEL = "genmo/mochi-1-preview"
 # Longest Mochi video and the manifest default: the sizes the profile table is worked out for.
@@ -267,10 +268,20 @@ def _missing_in_snapshot(folder: Path) -> list[str]:
     return missing
 
 
+def _names_a_folder(model: str) -> bool:
+    """A model name that can only be a path (./x, ../x, /x, ~/x, a/b/c): never looked up as a hub id."""
+    return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or model.endswith("/")
+
+
 def check_model(model: str, explicit: bool) -> Check:
     if model == "tiny":
         return Check("model", OK, "tiny: built in memory, nothing to download")
     folder = Path(model).expanduser()
+    if not folder.is_dir() and _names_a_folder(model):
+        where = "a file, not a folder" if folder.exists() else "does not exist"
+        return Check("model", FAIL if explicit else WARN, f"local folder {folder} {where}",
+                     "give the folder a pipeline was saved to with save_pretrained (check the path), a hub id such "
+                     "as genmo/mochi-1-preview, or tiny", explicit)
     if folder.is_dir():
         missing = _missing_in_snapshot(folder)
         if missing:
@@ -322,22 +333,23 @@ def _existing(path: Path) -> Path | None:
 
 def _remaining_need(out: Path) -> tuple[int, int] | None:
     """(jobs left, bytes they will likely take) from OUT's database, read-only; None without one."""
-    db = out / "batchgen.db"
-    if not db.exists():
-        return None
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            left = conn.execute("select count(*) from jobs where status in ('pending', 'running')").fetchone()[0]
-            paths = [r[0] for r in conn.execute(
-                "select output_path from jobs where status='done' and output_path is not null limit 50")]
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        with open_readonly(out, timeout=5) as store:
+            left = store.remaining_count()
+            paths = store.done_output_paths(limit=50)
+    except StoreError:
         return None
     sizes = [(out / p).stat().st_size for p in paths if (out / p).exists()]
     average = sum(sizes) / len(sizes) if sizes else 0
     return left, int(left * average)
+
+
+def _read_only_mount(path: Path) -> bool:
+    """Whether `path` is on a filesystem mounted read-only: no permission change can make it writable."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the permission check below still runs
+        return False
 
 
 def check_disk(out: Path | None) -> Check:
@@ -345,6 +357,9 @@ def check_disk(out: Path | None) -> Check:
     where = _existing(target)
     if where is None:
         return Check("disk", FAIL, f"no existing folder above {target}", "check the path", True)
+    if _read_only_mount(where):
+        return Check("disk", FAIL, f"{where} is on a read-only filesystem", "choose an --out on a writable disk, or "
+                     "remount that filesystem read-write", True)
     if not os.access(where, os.W_OK):
         return Check("disk", FAIL, f"{where} is not writable by this user", "choose another --out, or fix its "
                      "permissions", True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from batchgen import settings
-from batchgen.engine import approximate, approximate_hooks, modulation, placement, profiles
+from batchgen.engine import approximate, approximate_hooks, modulation, placement, profiles, progress_mode
 from batchgen.engine.loading import LoadedPipeline, load_pipeline
 from batchgen.engine.module_state import peek
 from batchgen.engine.profile_registry import get as declared
@@ -77,7 +77,7 @@ class Renderer:
         device: str | None = None,
         cache_dir: Path | None = None,
         vae_tiling: bool = True,
-        progress: bool = True,
+        progress: bool | str = True,
         largest: tuple[int, int, int] | None = None,
         pipeline=None,
         approximate: str | None = None,
@@ -94,7 +94,8 @@ class Renderer:
         self.device = self.choice.device
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.vae_tiling = vae_tiling
-        self.progress = progress
+        # The per-job steps bar is a bar or nothing: in a log (lines mode) it would be carriage returns.
+        self.progress = progress_mode.resolve(progress) == "bars"
         if self.device == "cpu":
             # CPU kernels split reductions by thread count, so the count decides the last bits of every
             # frame: fix it, so one seed gives one video alone, in --workers processes or on Ray actors.
@@ -102,13 +103,15 @@ class Renderer:
 
             torch.set_num_threads(cpu_threads())
         self.loaded: LoadedPipeline | None = None
+        # Told when a phase of the run starts (loading, encoding, placing/compiling): the batch's progress.
+        self.on_phase: Callable[[str], None] = lambda text: None
         self._embeds: dict[str, tuple] = {}
         self._denoiser_ready = False
         if pipeline is not None:
             from batchgen.engine.loading import MAX_SEQUENCE_LENGTH
 
             self.loaded = LoadedPipeline(pipeline, model, revision or "prebuilt", MAX_SEQUENCE_LENGTH)
-            pipeline.set_progress_bar_config(disable=not progress, leave=False, position=1)
+            pipeline.set_progress_bar_config(**self._steps_bar())
 
     @classmethod
     def from_config(cls, config: dict, *, cache_dir: Path | None) -> "Renderer":
@@ -133,13 +136,18 @@ class Renderer:
         if self.loaded is None:
             # Before loading: casting the tiny model's modules to bf16 is one of the notices it silences.
             _quiet_diffusers()
+            self.on_phase(f"loading the pipeline ({self.model})")
             self.loaded = load_pipeline(
                 self.model, revision=self.revision, load_kwargs=placement.load_kwargs(self.profile, self.device)
             )
-            self.loaded.pipe.set_progress_bar_config(
-                disable=not self.progress, leave=False, position=1, desc="steps", dynamic_ncols=True
-            )
+            self.loaded.pipe.set_progress_bar_config(**self._steps_bar())
         return self.loaded
+
+    def _steps_bar(self) -> dict:
+        """diffusers' per-job bar: redrawn every step (tqdm's default 0.1 s interval left it at 0/N when
+        steps are short), under the batch's videos bar."""
+        return dict(disable=not self.progress, leave=False, position=1, desc="steps", dynamic_ncols=True,
+                    mininterval=0)
 
     @property
     def pipe(self):
@@ -176,6 +184,7 @@ class Renderer:
             # On a GPU profile the text encoder has been freed for the denoiser's sake.
             raise RuntimeError("all texts must be encoded before the first render on a GPU profile: call encode() first")
         pipe = self.pipe
+        self.on_phase(f"encoding {len(missing)} text(s)")
         if not self._denoiser_ready:
             placement.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
         with torch.inference_mode():
@@ -209,6 +218,8 @@ class Renderer:
         if refused:
             raise ValueError(refused)  # before freeing T5 and placing the denoiser for nothing
         pipe = self.pipe
+        compiles = " (the first job of each shape also compiles)" if declared(self.profile).compiles else ""
+        self.on_phase(f"placing the denoiser for profile '{self.profile}'{compiles}")
         placement.release_text_encoder(pipe)
         placement.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
         approximate_hooks.apply(pipe, self.approximate)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
@@ -24,6 +23,7 @@ from batchgen.job import JOB_FIELDS
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
+from batchgen.store.readonly import DatabaseMissing, NotBatchgenDatabase, open_readonly
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -116,26 +116,15 @@ def _jsonl_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
 
 def _db_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
     path = state.path
-    if not path.is_file():
+    try:
+        with open_readonly(path) as store:
+            rows = store.all_rows()
+    except DatabaseMissing:
         state.problem(f"{state.display}: database not found (looked for {path.expanduser().absolute()})")
         return None
-    try:
-        conn = sqlite3.connect(f"{path.expanduser().absolute().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        state.problem(f"{state.display}: cannot open the database ({exc})")
+    except NotBatchgenDatabase as exc:
+        state.problem(f"{state.display}: {exc.reason}; give OUT/batchgen.db or OUT/metadata.jsonl")
         return None
-    try:
-        conn.row_factory = sqlite3.Row
-        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
-        if "jobs" not in tables:
-            state.problem(f"{state.display}: not a batchgen database (no jobs table); give OUT/batchgen.db or OUT/metadata.jsonl")
-            return None
-        rows = [dict(r) for r in conn.execute("select * from jobs order by position")]
-    except sqlite3.DatabaseError as exc:
-        state.problem(f"{state.display}: not a usable SQLite database ({exc})")
-        return None
-    finally:
-        conn.close()
     result = []
     for row in rows:
         if row.get("metadata"):

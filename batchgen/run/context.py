@@ -50,7 +50,7 @@ class RunContext:
     log: Callable[[str], None]
     progress: object  # batchgen.run.progress.BatchProgress
     signals: StopSignals
-    show_bars: bool = True
+    show_bars: bool | str = True  # progress mode: auto, bars, lines, none (a bool: auto or none)
     lock_fd: int | None = None  # the folder lock's descriptor, inherited by worker processes
     notes: list[str] = field(default_factory=list)  # added to the runs row's reason (e.g. "3 workers")
 

@@ -30,9 +30,8 @@ class InProcessRunner:
             progress=ctx.show_bars,
             approximate=manifest.approximate,
         )
-        texts = ctx.store.pending_texts(model=ctx.model, precision=ctx.precision)
-        ctx.progress.phase(f"encoding {len(texts)} text(s)")
-        renderer.encode(texts)
+        renderer.on_phase = ctx.progress.phase  # loading, encoding, placing: a line each in lines mode
+        renderer.encode(ctx.store.pending_texts(model=ctx.model, precision=ctx.precision))
         _warn_long_prompts(renderer, ctx)
 
     def run(self, ctx: RunContext) -> None:

@@ -18,7 +18,6 @@ import json
 import math
 import random
 import re
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,7 +30,8 @@ from batchgen.engine import fingerprint
 from batchgen.engine import profiles
 from batchgen.errors import BatchgenError
 from batchgen.job import Job
-from batchgen.store.queue import DB_NAME, row_to_job
+from batchgen.store.queue import row_to_job
+from batchgen.store.readonly import open_readonly
 
 SCRATCH_DIR = ".reproduce"
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -52,6 +52,9 @@ class Reproduction:
     # How the pixel difference was measured, or why it could not be.
     compared: str = ""
     video_sha256_matches: bool | None = None
+    # What is wrong with the recorded MP4 in OUT ("" when it is whole): frames are judged by the recorded
+    # frames_sha256 either way, but a user checking a dataset must hear that a file is gone.
+    recorded_video_problem: str = ""
     fingerprint_diff: list[str] = field(default_factory=list)
     fingerprint_recorded: bool = True
     # False when the row's settings no longer hash to its job id: the database was edited by hand.
@@ -74,6 +77,9 @@ class Reproduction:
                 f"(frames sha256 {self.frames_sha256[:16]}, recorded {(self.recorded_frames_sha256 or 'none')[:16]})",
                 f"  {self.compared}",
             ]
+        if self.recorded_video_problem:
+            lines.append(f"  {self.recorded_video_problem}; frames were compared with the recorded frames_sha256 "
+                         "(`batchgen verify OUT` puts the job back in the queue)")
         if not self.settings_match_id:
             lines.append("  the recorded settings no longer hash to this job id: the database row was edited")
         if self.video_sha256_matches is False and self.identical:
@@ -97,30 +103,13 @@ class Reproduction:
 
 
 # -- reading OUT, read-only ---------------------------------------------------------------------------
-def _connect(out: Path) -> sqlite3.Connection:
-    path = Path(out) / DB_NAME
-    if not path.is_file():
-        raise ReproduceError(f"No batchgen database at {path}: is '{out}' a batchgen output folder?")
-    try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
-        conn.row_factory = sqlite3.Row
-        conn.execute("select 1 from jobs limit 1")
-    except sqlite3.DatabaseError as exc:
-        raise ReproduceError(f"{path} is not a usable batchgen database ({exc})") from exc
-    return conn
-
-
 def _read_rows(out: Path, job_ids: list[str]) -> list[dict]:
-    conn = _connect(out)
-    try:
+    with open_readonly(out) as store:
         rows = []
         for given in job_ids:
-            found = [dict(r) for r in conn.execute("select * from jobs where job_id like ? || '%'", (given,))]
-            exact = [r for r in found if r["job_id"] == given]
-            if exact:
-                found = exact
+            found = store.rows_by_prefix(given)
             if not found:
-                raise ReproduceError(f"No job {given!r} in {Path(out) / DB_NAME}; `batchgen status {out}` lists the batch")
+                raise ReproduceError(f"No job {given!r} in {store.path}; `batchgen status {out}` lists the batch")
             if len(found) > 1:
                 raise ReproduceError(f"{given!r} is the start of {len(found)} job ids in {out}; give more of it")
             row = found[0]
@@ -133,16 +122,11 @@ def _read_rows(out: Path, job_ids: list[str]) -> list[dict]:
                 raise ReproduceError(f"Job {row['job_id']} in {out} has no recorded frames hash to compare with")
             rows.append(row)
         return rows
-    finally:
-        conn.close()
 
 
 def done_job_ids(out: Path) -> list[str]:
-    conn = _connect(out)
-    try:
-        return [r[0] for r in conn.execute("select job_id from jobs where status='done' order by position")]
-    finally:
-        conn.close()
+    with open_readonly(out) as store:
+        return store.done_job_ids()
 
 
 def sample_job_ids(out: Path, n: int, seed: int | None = None) -> list[str]:
@@ -255,6 +239,23 @@ def pixel_difference(a, b) -> tuple[int, float]:
     return int(np.abs(diff).max()) if diff.size else 0, psnr
 
 
+def recorded_video_problem(out: Path, row: dict, sha256_file) -> str:
+    """What is wrong with a done job's MP4 in OUT: missing, or its size or sha256 not the recorded ones;
+    "" when it is the file that was recorded."""
+    rel = row.get("output_path")
+    if not rel:
+        return "no video path was recorded for this job"
+    path = Path(out) / rel
+    if not path.is_file():
+        return f"the recorded video {rel} is missing"
+    size, recorded_size = path.stat().st_size, row.get("video_bytes")
+    if recorded_size is not None and size != recorded_size:
+        return f"the recorded video {rel} is damaged: {size} bytes, {recorded_size} recorded"
+    if row.get("sha256") and sha256_file(path) != row["sha256"]:
+        return f"the recorded video {rel} is damaged: its sha256 is not the recorded one"
+    return ""
+
+
 def _compare_videos(recorded_video: Path, new_video: Path) -> tuple[int | None, float | None, str]:
     from batchgen.outputs.video import read_mp4
 
@@ -303,8 +304,8 @@ def reproduce(
     results: dict[str, Reproduction] = {}
     for (model, revision, prof, precision, vae_tiling, det, threads), members in groups.items():
         log(f"batchgen: re-rendering {len(members)} job(s) of {model} at {precision} (profile {prof}"
-            f"{', deterministic' if det else ''}{f', {threads} CPU threads as recorded' if threads else ''})")
-        with determinism.settings(det), _cpu_threads(threads):
+            f"{', deterministic' if det else ''}{f', {threads} CPU thread(s) as recorded' if threads else ''})")
+        with determinism.settings(det), _cpu_threads(threads) as pin_threads:
             renderer = Renderer(
                 model,
                 revision=revision,
@@ -316,6 +317,7 @@ def reproduce(
                 vae_tiling=vae_tiling,
                 progress=progress,
             )
+            pin_threads()  # the cpu profile's Renderer just set BATCHGEN_CPU_THREADS' count: the recorded one wins
             texts = []
             for plan in members:
                 texts.append(plan.job.prompt)
@@ -337,10 +339,14 @@ def _cpu_threads(n: int | None):
     import torch
 
     old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
+
+    def pin() -> None:
+        if n:
+            torch.set_num_threads(int(n))
+
+    pin()
     try:
-        yield
+        yield pin
     finally:
         torch.set_num_threads(old)
 
@@ -367,7 +373,10 @@ def _one(out: Path, plan: _Plan, renderer, scratch, write_mp4, sha256_file) -> R
     )
     if row.get("sha256"):
         result.video_sha256_matches = sha256_file(video) == row["sha256"]
-    if not result.identical:
+    result.recorded_video_problem = recorded_video_problem(out, row, sha256_file)
+    if not result.identical and result.recorded_video_problem:
+        result.compared = f"{result.recorded_video_problem}, so the size of the difference is unknown"
+    elif not result.identical:
         recorded_video = out / (row.get("output_path") or f"videos/{job.output_name}.mp4")
         result.max_abs_diff, result.psnr, result.compared = _compare_videos(recorded_video, video)
     (folder / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")

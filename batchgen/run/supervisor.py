@@ -30,7 +30,7 @@ from batchgen.outputs.atomic import remove_partials
 from batchgen.outputs.unwritable import OutputUnwritable
 from batchgen.run.context import VIDEO_DIR, RunContext, RunSummary, video_path
 from batchgen.run.lock import FolderLock
-from batchgen.run.progress import BatchProgress
+from batchgen.run.progress import BatchProgress, pending_shapes
 from batchgen.run.signals import STOP, Interrupted
 from batchgen.store.queue import Store
 
@@ -62,7 +62,7 @@ def render_manifest(
     out: Path | None = None,
     *,
     device: str | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     renderer_factory=None,
     workers: list[str] | None = None,
@@ -139,7 +139,7 @@ def _run(ctx: RunContext, jobs: list[Job], runner) -> None:
     if profile_registry.get(choice.name).compiles:
         # Inductor's cache beside the batch: a resumed run (and every worker) reuses the compiled kernels.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "cache" / "inductor"))
-    ctx.progress = BatchProgress(ctx.pending, ctx.show_bars)
+    ctx.progress = BatchProgress(ctx.pending, ctx.show_bars, pending_shapes(store, ctx.model, ctx.precision))
     try:
         try:
             runner.start(ctx)
