@@ -28,7 +28,7 @@ from batchgen.run.lock import FolderLock
 from batchgen.run.progress import BatchProgress
 from batchgen.manifest.parse import Manifest
 from batchgen.store.queue import Store, now
-from batchgen.outputs.video import write_mp4
+from batchgen.outputs.video import publish_video, write_mp4
 from batchgen.outputs import unwritable
 from batchgen.outputs import verify
 from batchgen.outputs.unwritable import OutputUnwritable
@@ -370,13 +370,13 @@ class _WriteBehind:
 
             done: Future = Future()
             try:
-                write_mp4(rendered.frames, final, job.fps)
+                publish_video(rendered, final, job.fps, write_mp4)
                 done.set_result(None)
             except Exception as exc:
                 done.set_exception(exc)
             self._finish((job, final, rel, rendered, row, done))
             return
-        future = self.executor.submit(write_mp4, rendered.frames, final, job.fps)
+        future = self.executor.submit(publish_video, rendered, final, job.fps, write_mp4)
         self.pending = (job, final, rel, rendered, row, future)
 
     def poll(self, *_step) -> None:
