@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 from batchgen.errors import BatchgenError
@@ -37,6 +38,9 @@ class _RenderActor:
 
     def encode(self, texts: list[str]) -> None:
         self.renderer.encode(texts)
+
+    def ping(self) -> bool:
+        return True
 
     def describe(self) -> dict:
         import ray
@@ -175,8 +179,24 @@ class RemoteRenderer:
                     crashes += 1
                     if crashes > MAX_TASK_RETRIES:
                         raise
-                    continue  # Ray restarts the actor on its node; the call waits for it
+                    self._wait_restarted()
+                    continue
                 self._move_to_survivor(job, exc)
+
+    def _wait_restarted(self) -> None:
+        """Ray restarts a crashed actor on its node (loading its pipeline again); until it is back, calls
+        fail at once as unavailable, which must not use up the job's retries."""
+        ray = _ray()
+        while True:
+            try:
+                ray.get(self.actor.ping.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if self.node_id is not None and not self.actors.node_alive(self.node_id):
+                    return  # its node went meanwhile: the next call tells, and the job moves on
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError:
+                return  # dead for good, or its node went: the next call tells, and counts
 
     def _move_to_survivor(self, job, exc: BaseException) -> None:
         lost_node, lost_ip = self.node_id, "?"
