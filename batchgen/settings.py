@@ -41,6 +41,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BATCHGEN_FAULT", "", "tests only: `name[:n]` SIGKILLs the process the n-th time it passes crash point `name`"),
     Variable("BATCHGEN_FAULT_ONCE", "", "tests only: a path; BATCHGEN_FAULT fires in one process only (the one that creates it)"),
     Variable("BATCHGEN_FAULT_WORKER", "", "tests only: aim BATCHGEN_FAULT at the `--workers` worker of this index"),
+    Variable("BATCHGEN_FAULT_HOLD", "", "tests only: a path; where BATCHGEN_FAULT fires, write the process id there and stop (sleep) instead of SIGKILL"),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -161,6 +162,10 @@ def fault() -> str:
 
 def fault_once() -> str:
     return text("BATCHGEN_FAULT_ONCE")
+
+
+def fault_hold() -> str:
+    return text("BATCHGEN_FAULT_HOLD")
 
 
 def fault_worker() -> str:

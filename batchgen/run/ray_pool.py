@@ -1,29 +1,28 @@
 """Many hosts through Ray: one actor per GPU holding a pipeline, this process the single writer.
 
 The driver (this process) keeps OUT/batchgen.db, the videos and the index, exactly as a local run does:
-actors only turn a job into frames, and frames come back through Ray's object store, so no node needs
-to reach OUT. Ray's own fault tolerance covers lost nodes: actors restart (`max_restarts`) and their
-calls are retried (`max_task_retries`); a job whose call fails for good is recorded as failed, and a
-driver that dies leaves `running` jobs that the next run takes back, as on one host.
+actors turn a job into an encoded MP4 and send its bytes (with the frames' hash) through Ray's object
+store, so no node needs to reach OUT and the driver never moves or encodes frames. An actor that crashes
+is restarted by Ray and its call sent again; an actor whose node is lost is dropped and its job goes to a
+surviving actor (RemoteRenderer); a job whose call fails for good is recorded as failed. Actors are
+never detached, so they die with a driver that dies; its `running` jobs are taken back by the next run,
+as on one host. Joining the cluster (token authentication, loopback addresses) is ray_connect's.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from batchgen.errors import BatchgenError
+from batchgen.run.ray_connect import connect, load_ray
 
 MAX_TASK_RETRIES = 3
 
 
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise BatchgenError("--ray needs Ray: pip install 'batchgen[ray]'") from None
-    return ray
+_ray = load_ray
 
 
 class _RenderActor:
@@ -39,7 +38,12 @@ class _RenderActor:
     def encode(self, texts: list[str]) -> None:
         self.renderer.encode(texts)
 
+    def ping(self) -> bool:
+        return True
+
     def describe(self) -> dict:
+        import ray
+
         from batchgen.engine import environment
         from batchgen.engine import fingerprint
 
@@ -51,6 +55,9 @@ class _RenderActor:
             "fingerprint": fingerprint.collect(self.renderer),
             # What this actor renders at under its own settings (deterministic mode is not part of it).
             "precision": self.renderer.precision,
+            # Where it runs, to tell a lost node from a crashed actor and to name the node in the log.
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
         }
 
     def render(self, job: dict):
@@ -58,11 +65,31 @@ class _RenderActor:
         from batchgen.job import Job
 
         faults.point("actor_render")
-        rendered = self.renderer.render(Job.from_dict(job))
+        job = Job.from_dict(job)
+        rendered = self.renderer.render(job)
         # Recollected after the denoiser is set up: what the frames were really made with.
         from batchgen.engine import fingerprint
 
-        return rendered, fingerprint.collect(self.renderer)
+        return EncodedRender(rendered, job.fps), fingerprint.collect(self.renderer)
+
+
+class EncodedRender:
+    """A render as it leaves an actor: the MP4's bytes instead of the frames (a 163-frame 480x848 video
+    is ~200 MB of frames, its MP4 a few MB), so one driver keeps up with many nodes. The driver writes
+    the bytes (outputs.video.publish_video); every other field of the Rendered is kept for the bookkeeping."""
+
+    frames = None
+
+    def __init__(self, rendered, fps: int):
+        import dataclasses
+
+        from batchgen.outputs.video import encode_mp4
+
+        for field in dataclasses.fields(rendered):
+            if field.name != "frames":
+                setattr(self, field.name, getattr(rendered, field.name))
+        self.frames_sha256 = rendered.frames_sha256
+        self.encoded_mp4 = encode_mp4(rendered.frames, fps)
 
 
 @dataclass
@@ -72,20 +99,66 @@ class _Loaded:
     pipe: object = None
 
 
-class RemoteRenderer:
-    """Stands in for a local Renderer inside the driver's loop; each render is a call to one actor."""
+class _Actors:
+    """The actors of one run, shared by their RemoteRenderers: which still have a live node."""
 
-    def __init__(self, actor, config: dict, description: dict):
-        self.actor = actor
+    def __init__(self, handles, descriptions, log):
+        self.live = list(zip(handles, descriptions))
+        self.log = log
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    def node_alive(self, node_id: str) -> bool:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in _ray().nodes())
+
+    def lose(self, handle) -> None:
+        """Drop an actor whose node died; Ray would otherwise restart it, and its retried calls wait for a
+        free GPU elsewhere (forever, when every GPU already holds an actor)."""
+        with self._lock:
+            self.live = [(h, d) for h, d in self.live if h is not handle]
+        try:
+            _ray().kill(handle, no_restart=True)
+        except Exception:  # already gone with its node
+            pass
+
+    def survivor(self):
+        """A live actor (in turn, so the lost actors' threads spread over the survivors), or None."""
+        with self._lock:
+            if not self.live:
+                return None
+            self._turn += 1
+            return self.live[self._turn % len(self.live)]
+
+
+class RemoteRenderer:
+    """Stands in for a local Renderer inside the driver's loop; each render is a call to one actor.
+
+    An actor that crashes on a live node is restarted by Ray and its call sent again (up to
+    MAX_TASK_RETRIES times: a job that kills every actor it meets fails). An actor whose node is lost is
+    dropped; its job in flight, and every later job of this renderer's thread, go to a surviving actor.
+    """
+
+    def __init__(self, actor, config: dict, description: dict, actors: _Actors | None = None):
         self.model = config["model"]
         self.revision = config["revision"]
         self.profile = config["profile"]
         self.quality = config["quality"]
         self.approximate = config.get("approximate")
         self.device = config["device"]
+        self.actors = actors or _Actors([actor], [description], lambda line: None)
+        self._use(actor, description)
+        self._loaded = _Loaded(description["revision"], description["max_sequence_length"])
+
+    @classmethod
+    def for_actors(cls, handles, config: dict, descriptions, log) -> list["RemoteRenderer"]:
+        actors = _Actors(handles, descriptions, log)
+        return [cls(h, config, d, actors) for h, d in zip(handles, descriptions)]
+
+    def _use(self, actor, description: dict) -> None:
+        self.actor = actor
+        self.node_id = description.get("node_id")
         self.device_label = description["device_name"]
         self.remote_fingerprint = description["fingerprint"]
-        self._loaded = _Loaded(description["revision"], description["max_sequence_length"])
 
     def load(self) -> _Loaded:
         return self._loaded
@@ -94,8 +167,50 @@ class RemoteRenderer:
         _ray().get(self.actor.encode.remote(list(texts)))
 
     def render(self, job, on_step=None):
-        rendered, self.remote_fingerprint = _ray().get(self.actor.render.remote(job.to_dict()))
-        return rendered
+        ray = _ray()
+        crashes = 0
+        while True:
+            try:
+                rendered, self.remote_fingerprint = ray.get(self.actor.render.remote(job.to_dict()))
+                return rendered
+            except ray.exceptions.RayActorError as exc:
+                if self.node_id is None or self.actors.node_alive(self.node_id):
+                    crashes += 1
+                    if crashes > MAX_TASK_RETRIES:
+                        raise
+                    self._wait_restarted()
+                    continue
+                self._move_to_survivor(job, exc)
+
+    def _wait_restarted(self) -> None:
+        """Ray restarts a crashed actor on its node (loading its pipeline again); until it is back, calls
+        fail at once as unavailable, which must not use up the job's retries."""
+        ray = _ray()
+        while True:
+            try:
+                ray.get(self.actor.ping.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if self.node_id is not None and not self.actors.node_alive(self.node_id):
+                    return  # its node went meanwhile: the next call tells, and the job moves on
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError:
+                return  # dead for good, or its node went: the next call tells, and counts
+
+    def _move_to_survivor(self, job, exc: BaseException) -> None:
+        lost_node, lost_ip = self.node_id, "?"
+        for handle, description in list(self.actors.live):
+            if handle is self.actor:
+                lost_ip = description.get("node_ip", "?")
+        self.actors.lose(self.actor)
+        survivor = self.actors.survivor()
+        if survivor is None:
+            raise BatchgenError(f"Ray node {lost_node} ({lost_ip}) was lost with job {job.job_id} in flight, and no "
+                                "Ray actor is left on a live node. Run the same command again once the cluster "
+                                "has its nodes back.") from exc
+        self._use(*survivor)
+        self.actors.log(f"batchgen: Ray node {lost_node} ({lost_ip}) was lost with job {job.job_id} in flight; "
+                        f"it goes back to the queue of a surviving actor on node {self.node_id}")
 
 
 def forwarded_env(environ) -> dict[str, str]:
@@ -125,7 +240,11 @@ class RayRunner:
 
     def _start(self, ctx) -> None:
         ray = _ray()
-        connect(ray, self.address)
+        init = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        forwarded = forwarded_env(os.environ)
+        if forwarded:
+            init["runtime_env"] = {"env_vars": forwarded}
+        connect(self.address, init)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self.actors or gpus or 1
         choice, manifest = ctx.choice, ctx.manifest
@@ -137,9 +256,9 @@ class RayRunner:
                 f"The Ray cluster has no GPU, but this batch renders with profile '{choice.name}' ({ctx.precision}); "
                 "its job ids would not match CPU renders. Use a cluster with GPUs, or render with --profile cpu."
             )
-        remote_cls = ray.remote(
-            num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES
-        )(_RenderActor)
+        # Calls are retried by RemoteRenderer, not by Ray: Ray would wait for a lost node's actor to restart.
+        remote_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1,
+                                max_task_retries=0)(_RenderActor)
         handles = [remote_cls.remote(config) for _ in range(count)]
         ctx.log(f"batchgen: {count} Ray actor(s) on {'GPUs' if gpus else 'CPUs'} at {self.address}")
         texts = ctx.store.pending_texts(model=ctx.model, precision=ctx.precision)
@@ -154,7 +273,7 @@ class RayRunner:
                 )
         ctx.progress.phase(f"encoding {len(texts)} text(s) on {count} actor(s)")
         ray.get([h.encode.remote(texts) for h in handles])
-        self.renderers = [RemoteRenderer(h, config, d) for h, d in zip(handles, descriptions)]
+        self.renderers = RemoteRenderer.for_actors(handles, config, descriptions, ctx.log)
 
     def run(self, ctx) -> None:
         from batchgen.run.job_loop import work_loop
@@ -192,18 +311,3 @@ class RayRunner:
             _ray().shutdown()
         if errors:
             raise errors[0]
-
-
-def connect(ray, address: str) -> None:
-    init = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
-    forwarded = forwarded_env(os.environ)
-    if forwarded:
-        init["runtime_env"] = {"env_vars": forwarded}
-    if address == "local":
-        ray.init(**init)
-        return
-    try:
-        ray.init(address=address, **init)
-    except (ConnectionError, RuntimeError) as exc:
-        raise BatchgenError(f"Could not reach the Ray cluster at '{address}': {exc}. Start it with `ray start "
-                            "--head`, or give its address.") from exc

@@ -15,7 +15,7 @@ from batchgen.outputs import gallery
 from batchgen.outputs import metadata_index
 from batchgen.outputs.atomic import sha256_file
 from batchgen.outputs.unwritable import OutputUnwritable
-from batchgen.outputs.video import write_mp4
+from batchgen.outputs.video import publish_video, write_mp4
 from batchgen.run.context import RunSummary
 from batchgen.run.failures import job_failed
 from batchgen.run.signals import Interrupted, StopSignals
@@ -61,13 +61,13 @@ class WriteBehind:
 
             done: Future = Future()
             try:
-                write_mp4(rendered.frames, final, job.fps)
+                publish_video(rendered, final, job.fps, write_mp4)
                 done.set_result(None)
             except Exception as exc:
                 done.set_exception(exc)
             self._finish((job, final, rel, rendered, row, done))
             return
-        future = self.executor.submit(write_mp4, rendered.frames, final, job.fps)
+        future = self.executor.submit(publish_video, rendered, final, job.fps, write_mp4)
         self.pending = (job, final, rel, rendered, row, future)
 
     def poll(self, *_step) -> None:
