@@ -297,7 +297,7 @@ def unavailable(device: str, kernel: str = DEFAULT_KERNEL) -> str | None:
         return (f"fp8 attention ({kernel}) needs a Hopper GPU (compute capability 9.0, e.g. H100/H200); "
                 f"this one is {major}.{minor}")
     if kernel.startswith("fa3") and fa3_module() is None:
-        return "fp8 attention needs FlashAttention-3: pip install fa3-fwd"
+        return "fp8 attention needs FlashAttention-3: pip install fa3-fwd (or pip install -e \".[fp8-attn]\")"
     if kernel == "cudnn":
         try:
             import cudnn  # noqa: F401
