@@ -82,3 +82,59 @@ def test_fp8_processor_keeps_the_exact_processor_around_its_core():
     for g, w in zip(got, want):
         assert g.shape == w.shape and torch.isfinite(g).all()
         assert 0 < _rel(g, w) < 0.1
+
+
+def test_nan_in_padded_tokens_stays_out_of_scales_and_means():
+    # Padded text tokens may hold NaN (torchao's float8 linears give NaN for their all-zero rows): the
+    # per-head scales and the K/V means are taken over valid tokens only, so the output does not move.
+    q, k, v, valid = _data(offset=1.0)
+    clean = fa.attention_fp8(q, k, v, valid, "emulated", smooth_v=True)
+    for t in (q, k, v):
+        t[0, 250:] = float("nan")
+    dirty = fa.attention_fp8(q, k, v, valid, "emulated", smooth_v=True)
+    assert torch.equal(dirty, clean)
+
+
+def test_fp8_attn_profile_has_its_own_precision_and_is_refused_with_why(monkeypatch):
+    from batchgen.engine import fp8_matmul, profiles
+    from batchgen.errors import BatchgenError
+
+    assert len({profiles.precision(p) for p in ("fast", "fp8-fast", "fp8-attn")}) == 3
+    monkeypatch.setattr(fp8_matmul, "supported", lambda device: None)
+    monkeypatch.setattr(fa, "unavailable", lambda device, kernel=fa.DEFAULT_KERNEL: "fp8 attention needs FlashAttention-3: pip install fa3-fwd")
+    with pytest.raises(BatchgenError, match="profile 'fp8-attn': fp8 attention needs FlashAttention-3.*'fp8-fast'"):
+        profiles.resolve("fp8-attn", "cuda:0")
+    choice = profiles.resolve("fp8-attn", "cpu")
+    assert choice.name == "cpu" and "fp8-attn" in choice.reason
+
+
+def test_doctor_lists_fp8_attn_only_on_hopper_with_fa3(monkeypatch):
+    from batchgen.engine import doctor
+    from test_doctor import gpu
+
+    monkeypatch.setattr(fa, "fa3_module", lambda: None)
+    assert "fp8-attn needs FlashAttention-3: pip install fa3-fwd" in doctor.check_profiles([gpu(70)], True).detail
+    ada = doctor.check_profiles([gpu(70, capability=(8, 9))], True).detail
+    assert "fp8-attn needs a Hopper GPU" in ada and "fp8-fast ~" in ada
+    assert "fp8-attn needs an Ada or Hopper GPU" in doctor.check_profiles([gpu(70, capability=(8, 0))], True).detail
+    monkeypatch.setattr(fa, "fa3_module", lambda: object())
+    assert "fp8-attn ~" in doctor.check_profiles([gpu(70)], True).detail
+
+
+def test_fp8_attn_placement_installs_the_recipe(monkeypatch):
+    # The profile's placement is fp8-fast's plus the fp8 attention processor with the recipe of its tag.
+    from batchgen.engine import compile as bcompile
+    from batchgen.engine import fp8_matmul, placement
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.module_state import state
+
+    converted = []
+    monkeypatch.setattr(fp8_matmul, "convert_blocks", lambda t: converted.append(t) or 1)
+    monkeypatch.setattr(bcompile, "compile_blocks", lambda t: None)
+    pipe = build_tiny_pipeline()
+    placement.prepare_denoiser(pipe, "fp8-attn", "cpu", quality=False)
+    procs = {type(b.attn1.processor) for b in pipe.transformer.transformer_blocks}
+    assert procs == {fa.Fp8MochiAttnProcessor} and converted == [pipe.transformer]
+    proc = pipe.transformer.transformer_blocks[0].attn1.processor
+    assert (proc.kernel, proc.smooth_k, proc.smooth_v) == ("fa3", True, True)
+    assert state(pipe.transformer).attention == "fp8-fa3"

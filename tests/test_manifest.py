@@ -531,7 +531,7 @@ def test_bad_top_level_values(tmp_path, key, value, needle):
 
 
 def test_profiles_constant():
-    assert set(PROFILES) == {"auto", "resident", "fast", "fp8-fast", "offload", "group-offload", "fp8", "int8", "nf4", "cpu"}
+    assert set(PROFILES) == {"auto", "resident", "fast", "fp8-fast", "fp8-attn", "offload", "group-offload", "fp8", "int8", "nf4", "cpu"}
     assert "jobs" in TOP_LEVEL_KEYS and "defaults" in TOP_LEVEL_KEYS and "approximate" in TOP_LEVEL_KEYS
 
 

@@ -16,7 +16,7 @@ from batchgen.errors import BatchgenError
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (overrides the manifest).")
 @click.option("--model", help="Hub id, local pipeline folder or 'tiny' (overrides the manifest).")
-@click.option("--profile", help="Memory profile (overrides the manifest): auto, resident, fast, fp8-fast, offload, group-offload, fp8, int8, nf4, cpu.")
+@click.option("--profile", help="Memory profile (overrides the manifest): auto, resident, fast, fp8-fast, fp8-attn, offload, group-offload, fp8, int8, nf4, cpu.")
 @click.option("--device", help="Torch device, e.g. cuda:1 or cpu (default: cuda if available).")
 @click.option("--gpus", help="One worker process per GPU: 'all' or indices such as 0,1,2,3.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Number of worker processes on the CPU (testing, CPU farms).")

@@ -126,6 +126,17 @@ def profile_needs() -> dict[str, dict[str, float]]:
             for name in profile_registry.names(needs_cuda=True)}
 
 
+def _fp8_attention_missing(devices: list[dict]) -> str:
+    """Why the fp8 attention profile cannot run on these GPUs ("" when it can): Hopper and FA3's wheel."""
+    from batchgen.engine import fp8_attention
+
+    if not any(str(d.get("capability", "")).split(".")[0] == "9" for d in devices):
+        return "needs a Hopper GPU (H100/H200)"
+    if fp8_attention.fa3_module() is None:
+        return "needs FlashAttention-3: pip install fa3-fwd"
+    return ""
+
+
 def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
     if not devices:
         return Check("profiles", WARN, "no GPU: only the `cpu` profile runs here",
@@ -140,6 +151,9 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
     for name, by_size in needs.items():
         if profile_registry.REGISTRY[name].needs_fp8_cores and not fp8_cores:
             parts.append(f"{name} needs an Ada or Hopper GPU")
+            continue
+        if profile_registry.REGISTRY[name].needs_fp8_attention and _fp8_attention_missing(devices):
+            parts.append(f"{name} {_fp8_attention_missing(devices)}")
             continue
         usable = bnb_ok or not profile_registry.REGISTRY[name].needs_bitsandbytes
         sizes = [label for label, gib in by_size.items() if gib <= free]

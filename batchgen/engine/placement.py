@@ -177,7 +177,11 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     # installed, which changes pixels.
     from batchgen.engine import attention
 
-    if done.attention is None:
+    if done.attention is None and declared.attention == "fp8":
+        from batchgen.engine import fp8_attention
+
+        fp8_attention.install_profile_recipe(pipe.transformer)
+    elif done.attention is None:
         attention.install(pipe.transformer, declared.attention)
     vae_dtype = torch.float32 if quality else torch.bfloat16
     pipe.vae.to(dtype=vae_dtype)

@@ -9,6 +9,7 @@ whole batch and stay put, so a video costs nothing beyond its denoising steps an
 | resident       | all but the AdaLN layers (a), bf16               | all                         |
 | fast           | all, bf16, blocks compiled                       | all                         |
 | fp8-fast       | all, block linears fp8 multiplied, compiled      | all                         |
+| fp8-attn       | fp8-fast plus fp8 attention (FA3, Hopper)        | all                         |
 | offload        | all while denoising, none while decoding         | all (diffusers' offload)    |
 | group-offload  | a few GiB of blocks; the rest streamed per step  | streamed block by block     |
 | fp8            | all but the AdaLN layers (a), stored fp8         | all                         |
@@ -48,8 +49,10 @@ class Profile:
     needs_cuda: bool = True
     needs_bitsandbytes: bool = False
     needs_fp8_cores: bool = False  # Ada/Hopper fp8 tensor cores (fp8_matmul.MIN_CAPABILITY)
+    needs_fp8_attention: bool = False  # Hopper and FlashAttention-3's fp8 kernel (fp8_attention.unavailable)
     compiles: bool = False  # torch.compile of the blocks (an inductor cache beside the batch pays off)
-    attention: str = "prefix"  # batchgen attention backend (attention.py); "prefix" is diffusers' pixels
+    attention: str = "prefix"  # batchgen attention backend (attention.py); "prefix" is diffusers' pixels;
+    # "fp8": fp8_attention.py's recipe (fp8_attention.PROFILE_RECIPE)
     precomputes_modulation: bool = False  # AdaLN layers kept on the CPU (modulation.py)
     streams_text_encoder: bool = False  # T5 streamed block by block rather than resident while encoding
     allows_approximate: bool = False  # diffusers' cache hooks (approximate.py) can wrap its blocks
@@ -88,6 +91,14 @@ _DECLARED = (
     # nothing to step down to in place.
     Profile("fp8-fast", "fp8-rowwise-compiled", "gpu", weights="fp8-matmul", summary="fp8 multiplies, compiled",
             needs_fp8_cores=True, compiles=True, storage="float8_e4m3fn (block linears, fp8 multiplies)",
+            denoiser_gib=12.8),
+    # fp8-fast with the attention core in fp8 too (fp8_attention.py: FA3, per-head scales, K and V
+    # smoothed): attention is 71% of a 163-frame step's FLOP. A profile of its own rather than a change of
+    # fp8-fast: it needs Hopper and the fa3-fwd wheel where fp8-fast runs on Ada too, it adds its own error,
+    # and fp8-fast's recorded jobs keep their pixels. Measured in benchmarks/results/FP8_ATTENTION.md.
+    Profile("fp8-attn", "fp8attn-fa3-smoothkv+fp8-rowwise-compiled", "gpu", weights="fp8-matmul",
+            summary="fp8 attention and multiplies, compiled", needs_fp8_cores=True, needs_fp8_attention=True,
+            compiles=True, attention="fp8", storage="float8_e4m3fn (block linears, fp8 multiplies)",
             denoiser_gib=12.8),
     # Measured on the H100: model CPU offload did not reproduce resident's frames byte for byte (the
     # denoising matches; the decode differs once the VAE has been to the CPU and back, which offload does

@@ -64,6 +64,13 @@ def resolve(
         why_not = supported(device)
         if why_not:
             raise BatchgenError(f"profile '{profile}': {why_not}. Use 'fast' (bf16) or 'fp8' (fp8 storage) instead.")
+    if profile != AUTO and REGISTRY[profile].needs_fp8_attention:
+        from batchgen.engine.fp8_attention import unavailable
+
+        why_not = unavailable(device)
+        if why_not:
+            raise BatchgenError(f"profile '{profile}': {why_not}. Use 'fp8-fast' (fp8 multiplies, bf16 attention) "
+                                "or 'fast' (bf16) instead.")
     if profile != AUTO:
         return ProfileChoice(profile, device, "asked for")
     free, _total = torch.cuda.mem_get_info(torch.device(device))
