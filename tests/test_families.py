@@ -152,7 +152,7 @@ def test_defaults_follow_the_rules(family):
     family.check_frames(family.defaults["num_frames"])
     family.check_size(family.defaults["height"], family.defaults["width"])
     assert family.defaults["num_inference_steps"] >= 2 and family.defaults["guidance_scale"] >= 1
-    assert family.max_tokens > 0 and family.profiles and "cpu" in family.profiles
+    assert family.max_tokens > 0 and family.allows_profile("cpu")
 
 
 def test_only_new_families_tag_job_ids():
@@ -225,17 +225,92 @@ def _render(pipe, family, seed=0, prompt="a red fox in snow"):
 
 
 def test_tiny_pipeline_round_trips_through_save_pretrained(tiny, tmp_path):
+    from batchgen.engine.loading import load_pipeline
+
     family, pipe = tiny
     pipe.save_pretrained(tmp_path)
     assert family_for_model(str(tmp_path)) is family
-    loaded = [family.builders().pipeline_class().from_pretrained(str(tmp_path)) for _ in range(2)]
+    results = [load_pipeline(str(tmp_path)) for _ in range(2)]  # the real loading path, as `model:` a folder
+    assert {r.family for r in results} == {family.name}
+    assert results[0].revision.startswith("sha256-") and results[0].max_sequence_length == family.max_tokens
+    loaded = [r.pipe for r in results]
+    assert all(type(p) is type(pipe) for p in loaded)
     for p in (pipe, *loaded):
         p.set_progress_bar_config(disable=True)
     frames = _render(loaded[0], family)
     side = family.size_multiple
     assert frames.shape == (family.min_frames + family.frame_step, side, 2 * side, 3)
     assert np.array_equal(_render(loaded[1], family), frames)
-    assert not np.array_equal(_render(loaded[0], family, seed=1), frames)
     # Not bit for bit: CPU matrix kernels take another path for the memory-mapped (unaligned) weights of a
     # loaded folder than for freshly allocated ones; the folder itself always renders the same frames.
     np.testing.assert_allclose(_render(pipe, family), frames, atol=1e-4)
+
+
+# ---------------------------------------------------------------- through batchgen's renderer
+
+def _job(family, **changes):
+    from batchgen.job import Job
+
+    fields = dict(prompt="a red fox in snow", negative_prompt="blurry", seed=3, num_frames=family.min_frames + family.frame_step,
+                  height=family.size_multiple, width=2 * family.size_multiple, num_inference_steps=2,
+                  guidance_scale=family.defaults["guidance_scale"], fps=24, model=family.tiny)
+    return Job(**{**fields, **changes})
+
+
+@pytest.fixture(scope="module", params=NEW, ids=lambda f: f.name)
+def renderer(request):
+    from batchgen.engine.renderer import Renderer
+
+    family = request.param
+    return family, Renderer(family.tiny, progress=False)
+
+
+def test_renderer_gives_the_frames_of_diffusers_own_call(renderer):
+    # batchgen encodes each text once, denoises from the embeddings and decodes the latents itself: the
+    # frames must be those of the pipeline called with the prompt, as diffusers' documentation does.
+    import torch
+
+    from batchgen.engine.renderer import to_uint8
+
+    family, r = renderer
+    job = _job(family)
+    rendered = r.render(job)
+    assert r.load().family == family.name and r.load().revision.startswith(family.tiny + "-")
+    extra = {"frame_rate": job.fps} if family.fps_is_input else {}
+    out = r.pipe(prompt=job.prompt, negative_prompt=job.negative_prompt, num_frames=job.num_frames, height=job.height,
+                 width=job.width, num_inference_steps=job.num_inference_steps, guidance_scale=job.guidance_scale,
+                 generator=torch.Generator("cpu").manual_seed(job.seed), output_type="np",
+                 max_sequence_length=family.max_tokens, **extra)
+    assert rendered.frames.shape == (job.num_frames, job.height, job.width, 3)
+    assert np.array_equal(rendered.frames, to_uint8(np.asarray(out.frames[0])))
+
+
+def test_same_job_alone_and_in_a_batch(renderer):
+    from batchgen.engine.renderer import Renderer
+
+    family, r = renderer
+    batch = [_job(family, prompt="waves on a rocky shore"), _job(family), _job(family, seed=9, guidance_scale=1.0)]
+    r.encode([t for j in batch for t in (j.prompt, j.negative_prompt)])
+    in_batch = [r.render(j).frames for j in batch]
+    alone = Renderer(family.tiny, progress=False).render(batch[1]).frames
+    assert np.array_equal(in_batch[1], alone)
+    assert not np.array_equal(in_batch[0], in_batch[1])
+
+
+def test_ltx_frame_rate_decides_pixels():
+    from batchgen.engine.renderer import Renderer
+
+    r = Renderer(LTX.tiny, progress=False)
+    assert not np.array_equal(r.render(_job(LTX, fps=24)).frames, r.render(_job(LTX, fps=25)).frames)
+
+
+def test_profiles_a_family_has_not_got_are_refused():
+    from batchgen.engine.renderer import Renderer
+
+    assert MOCHI.profile_problem("group-offload") is None
+    problem = WAN.profile_problem("group-offload")
+    assert "group-offload" in problem and "Wan" in problem and "'cpu'" in problem
+    r = Renderer("tiny-wan", progress=False)
+    r.profile = "offload"  # as if chosen on a GPU machine: refused before anything is placed
+    with pytest.raises(BatchgenError, match="'offload' does not apply to Wan"):
+        r.load()

@@ -61,7 +61,8 @@ class Family:
     defaults: dict = field(default_factory=dict)
     text_encoder: str = ""
     max_tokens: int = 0  # the text encoder's max_sequence_length as the pipeline uses it
-    # Memory profiles (profile_registry names) that apply; Mochi's own optimisations are not here for others.
+    # Memory profiles (profile_registry names) that apply; () for every declared one (Mochi, whose levers
+    # they are).
     profiles: tuple[str, ...] = ()
     memory: dict[str, Memory] = field(default_factory=dict)  # by published-size config name
     tiny: str = ""  # the `model:` name of its tiny random-weight pipeline
@@ -73,6 +74,16 @@ class Family:
     # The pipeline takes the video's frame rate as an input (LTX: it scales the rotary embedding), so fps
     # decides pixels rather than only the MP4's timing.
     fps_is_input: bool = False
+
+    def allows_profile(self, profile: str) -> bool:
+        return not self.profiles or profile in self.profiles
+
+    def profile_problem(self, profile: str) -> str | None:
+        """Why `profile` cannot render this family's models; None when it can."""
+        if self.allows_profile(profile):
+            return None
+        return (f"profile '{profile}' does not apply to {self.title} models yet; use "
+                f"{' or '.join(repr(p) for p in self.profiles)}")
 
     @property
     def min_frames(self) -> int:

@@ -74,3 +74,29 @@ def build_realsize(name: str = "realsize-ltx-2b", device: str = "cuda", dtype=No
         seed,
     )
     return pipeline_class()(tokenizer=_tokenizer(), scheduler=_scheduler(), **built)
+
+
+def decode(pipe, latents, job, generator):
+    """The denoised (packed) latents to a video tensor in [-1, 1], exactly as LTXPipeline decodes them with
+    its default decode_timestep 0. A timestep-conditioned VAE draws its decode noise from the job's
+    generator after denoising, as the pipeline does."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    vae = pipe.vae
+    latents = pipe._unpack_latents(
+        latents,
+        (job.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+        job.height // pipe.vae_spatial_compression_ratio,
+        job.width // pipe.vae_spatial_compression_ratio,
+        pipe.transformer_spatial_patch_size,
+        pipe.transformer_temporal_patch_size,
+    )
+    latents = pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+    latents = latents.to(pipe.transformer.dtype)  # the pipeline's cast to its prompt embeddings' dtype
+    timestep = None
+    if vae.config.timestep_conditioning:
+        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timestep = torch.tensor([0.0], device=latents.device, dtype=latents.dtype)
+        latents = latents + 0.0 * noise  # decode_noise_scale = decode_timestep = 0: the draw, not the noise
+    return vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]

@@ -101,3 +101,15 @@ def build_realsize(name: str, device: str = "cuda", dtype=None, seed: int = 0):
     # Wan 2.2 5B (TI2V) denoises each latent frame at its own timestep; its model_index.json sets this.
     extra = {"expand_timesteps": True} if name == "realsize-wan2.2-5b" else {}
     return pipeline_class()(tokenizer=_tokenizer(), scheduler=_scheduler(), **built, **extra)
+
+
+def decode(pipe, latents, job, generator):
+    """The denoised latents to a video tensor in [-1, 1], exactly as WanPipeline decodes them."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    return vae.decode(latents / inv_std + mean, return_dict=False)[0]
