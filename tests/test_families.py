@@ -365,3 +365,19 @@ jobs:
     assert (out / records[0]["file_name"]).stat().st_size > 0
     again = run_cli("render", manifest, "--out", out, "--no-progress")
     assert again.exit_code == 0 and "1 already done" in again.output
+
+
+def test_rules_for_a_model_take_its_own_size_multiple(tmp_path):
+    from batchgen.engine.families import rules_for_model
+
+    assert rules_for_model("realsize-wan2.2-5b").size_multiple == 32
+    assert rules_for_model("realsize-wan2.1-14b") is WAN and rules_for_model("tiny") is MOCHI
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}), encoding="utf-8")
+    for part, config in (("vae", {"scale_factor_spatial": 16}), ("transformer", {"patch_size": [1, 2, 2]})):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    rules = rules_for_model(str(tmp_path))
+    assert rules.name == "wan" and rules.size_multiple == 32
+    assert rules.size_problem("width", 48).startswith("width 48 is not a multiple of 32 (this Wan model's")
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 8}), encoding="utf-8")
+    assert rules_for_model(str(tmp_path)) is WAN

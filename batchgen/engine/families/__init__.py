@@ -16,9 +16,10 @@ from batchgen.engine.families.registry import (
     family_for_class,
     family_for_model,
     get,
+    rules_for_model,
 )
 
 __all__ = [
     "FAMILIES", "LTX", "MOCHI", "WAN", "Family", "FamilyRuleError", "Memory", "UnknownFamily", "builtin",
-    "family_for_class", "family_for_model", "get",
+    "family_for_class", "family_for_model", "get", "rules_for_model",
 ]

@@ -74,6 +74,9 @@ class Family:
     # The pipeline takes the video's frame rate as an input (LTX: it scales the rotary embedding), so fps
     # decides pixels rather than only the MP4's timing.
     fps_is_input: bool = False
+    # The key of vae/config.json giving its spatial factor when models of the family differ in it (Wan 2.2
+    # 5B's VAE is 16x where 2.1's is 8x): a saved model's own sizes are then multiples of that times its patch.
+    vae_spatial_key: str = ""
 
     def allows_profile(self, profile: str) -> bool:
         return not self.profiles or profile in self.profiles

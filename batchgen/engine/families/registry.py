@@ -7,6 +7,7 @@ built-in names (tiny, realsize and their per-family variants) are declared with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -59,6 +60,7 @@ WAN = Family(
     realsize=("realsize-wan2.1-1.3b", "realsize-wan2.1-14b", "realsize-wan2.2-5b"),
     module="batchgen.engine.families.wan",
     prompt_packages=("ftfy",),
+    vae_spatial_key="scale_factor_spatial",
 )
 
 # LTXPipeline's call defaults (512x704, 161 frames, 50 steps, guidance 3, 25 fps); 8x temporal and 32x
@@ -120,6 +122,30 @@ def family_for_model(model: str) -> Family:
     if index is not None and index.is_file():
         return _from_index(index, model)
     return _HUB_OWNERS.get(model.split("/", 1)[0].lower(), MOCHI) if model.count("/") == 1 else MOCHI
+
+
+def rules_for_model(model: str) -> Family:
+    """`model`'s family, with the size multiple of this very model where the family's models differ in it
+    (Wan 2.2 5B: 32, from its saved VAE and transformer configs, or its published-size config)."""
+    family = family_for_model(model)
+    side = _spatial_of(family, model)
+    if side is None or side == family.size_multiple:
+        return family
+    return dataclasses.replace(family, size_multiple=side, size_reason=f"this {family.title} model's VAE and patches need it")
+
+
+def _spatial_of(family: Family, model: str) -> int | None:
+    if model in family.memory:
+        return family.memory[model].spatial_compression
+    folder = Path(model).expanduser()
+    if not family.vae_spatial_key or not folder.is_dir():
+        return None
+    try:
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        patch = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8")).get("patch_size", 1)
+        return int(vae[family.vae_spatial_key]) * int(patch[1] if isinstance(patch, list) else patch)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None  # the loader reports a broken folder; the family's own rule stands meanwhile
 
 
 def _from_index(index: Path, model: str) -> Family:
