@@ -21,7 +21,9 @@ JOB_DEFAULTS: dict[str, object] = {
 }
 JOB_FIELDS = tuple(JOB_DEFAULTS)
 
-# Fields that decide the pixels (and the file): they make up the job id.
+# Jobs of this family leave the family out of their ids (and settings), as every job did before families.
+MOCHI_FAMILY = "mochi"
+# Fields that decide the pixels (and the file): they make up the job id, with the family of non-Mochi jobs.
 _ID_FIELDS = (
     "model",
     "revision",
@@ -54,6 +56,9 @@ class Job:
     # The numeric recipe the job renders with ("fp32", "bf16", "fp8", "int8", "nf4", "+quality"...):
     # profiles that give the same pixels share it, so moving a batch between them re-renders nothing.
     precision: str = "fp32"
+    # The model family (batchgen.engine.families: "mochi", "wan", "ltx"). Part of the id for every family but
+    # Mochi, whose ids predate families and stay what they were.
+    family: str = "mochi"
     # Where the entry came from ("jobs.yaml:12"), for messages; not part of the id.
     source: str = field(default="", compare=False)
     # Position in the manifest's `seeds:` list ({index} in output_name); not part of the id.
@@ -67,7 +72,7 @@ class Job:
 
     def settings(self) -> dict:
         """The pixel-deciding settings, as stored in the database and metadata."""
-        return {k: getattr(self, k) for k in _ID_FIELDS}
+        return _id_payload(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,9 +86,16 @@ class Job:
         return replace(self, **changes)
 
 
+def _id_payload(job: Job) -> dict:
+    payload = {k: getattr(job, k) for k in _ID_FIELDS}
+    if job.family != MOCHI_FAMILY:
+        payload["family"] = job.family
+    return payload
+
+
 def job_id(job: Job) -> str:
     """16 hex digits of sha256 over the canonical JSON of the pixel-deciding settings."""
-    payload = {k: getattr(job, k) for k in _ID_FIELDS}
+    payload = _id_payload(job)
     payload["guidance_scale"] = float(payload["guidance_scale"])
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -28,6 +28,7 @@ class LoadedPipeline:
     model: str
     revision: str  # resolved: commit hash for hub models, content hash for local folders and tiny
     max_sequence_length: int
+    family: str = "mochi"  # batchgen.engine.families: what the renderer encodes, calls and decodes by
 
 
 def _tiny_tokenizer():
@@ -131,18 +132,17 @@ def is_local(model: str) -> bool:
 
 
 def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict | None = None) -> LoadedPipeline:
-    """Build `tiny`, or load a local folder / hub id through `MochiPipeline.from_pretrained`."""
+    """Build `tiny`, or load a local folder / hub id through `MochiPipeline.from_pretrained`; a model of
+    another family (batchgen.engine.families: tiny-wan, a WanPipeline folder...) through its own class."""
+    family = _family(model)
+    if family.name != "mochi":
+        return _load_family(family, model, revision, load_kwargs or {})
     if model == REALSIZE:
         return _realsize(load_kwargs or {})
     if model == TINY:
         pipe = build_tiny_pipeline()
         revision = "tiny-" + weights_hash(pipe)[:16]  # of the weights as built, whatever dtype they render in
-        dtype = (load_kwargs or {}).get("dtype")
-        if dtype is not None:
-            for name in ("text_encoder", "transformer", "vae"):
-                module = getattr(pipe, name)
-                if module.dtype != dtype:  # built in fp32: only a GPU profile's bf16 needs a cast
-                    module.to(dtype=dtype)
+        _cast(pipe, (load_kwargs or {}).get("dtype"))
         return LoadedPipeline(pipe, model, revision, MAX_SEQUENCE_LENGTH)
     pipe = _from_pretrained(model, revision, load_kwargs or {})
     for name in ("text_encoder", "transformer", "vae"):
@@ -155,6 +155,48 @@ def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict 
     if tr is not None and getattr(tr.config, "max_sequence_length", None):
         max_len = min(max_len, int(tr.config.max_sequence_length))
     return LoadedPipeline(pipe, model, resolve_revision(model, revision), max_len)
+
+
+def _family(model: str):
+    from batchgen.engine.families import UnknownFamily, family_for_model
+
+    try:
+        return family_for_model(model)
+    except UnknownFamily as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def _load_family(family, model: str, revision: str | None, load_kwargs: dict) -> LoadedPipeline:
+    """A model of a family other than Mochi: its tiny pipeline, a published-size random one, or a folder /
+    hub id through its own pipeline class. Mochi's optimisations do not apply: the pipeline is as loaded."""
+    builders = family.builders()
+    if model == family.tiny:
+        pipe = builders.build_tiny()
+        resolved = f"{model}-" + weights_hash(pipe)[:16]
+        _cast(pipe, load_kwargs.get("dtype"))
+    elif model in family.realsize:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"model {model!r} (published-size random weights, for benchmarks) needs a CUDA GPU.")
+        pipe = builders.build_realsize(model, "cuda")
+        resolved = f"{model}-random-seed0"
+    else:
+        pipe = _from_pretrained(model, revision, load_kwargs, builders.pipeline_class())
+        for name in ("text_encoder", "transformer", "vae"):
+            getattr(pipe, name).eval()
+        resolved = resolve_revision(model, revision)
+    return LoadedPipeline(pipe, model, resolved, family.max_tokens, family=family.name)
+
+
+def _cast(pipe, dtype) -> None:
+    """A tiny pipeline, built in fp32, in the dtype a profile loads in (only a GPU profile's bf16 differs)."""
+    if dtype is None:
+        return
+    for name in ("text_encoder", "transformer", "vae"):
+        module = getattr(pipe, name)
+        if module.dtype != dtype:
+            module.to(dtype=dtype)
 
 
 def _realsize(load_kwargs: dict) -> LoadedPipeline:
@@ -189,8 +231,9 @@ def resolve_revision(model: str, revision: str | None) -> str:
         return revision or "unknown"
 
 
-def _from_pretrained(model: str, revision: str | None, load_kwargs: dict):
-    from diffusers import MochiPipeline
+def _from_pretrained(model: str, revision: str | None, load_kwargs: dict, pipeline_class=None):
+    if pipeline_class is None:
+        from diffusers import MochiPipeline as pipeline_class
 
     source = str(Path(model).expanduser()) if is_local(model) else model
     if not is_local(model) and (model.startswith((".", "/", "~")) or os.sep in model and model.count("/") != 1):
@@ -199,12 +242,12 @@ def _from_pretrained(model: str, revision: str | None, load_kwargs: dict):
             "a Hugging Face hub id such as genmo/mochi-1-preview, or 'tiny'."
         )
     try:
-        return MochiPipeline.from_pretrained(source, revision=revision, **load_kwargs)
+        return pipeline_class.from_pretrained(source, revision=revision, **load_kwargs)
     except Exception as exc:  # translated into words a user can act on
-        raise ModelLoadError(_explain_load_error(model, exc)) from exc
+        raise ModelLoadError(_explain_load_error(model, exc, pipeline_class.__name__)) from exc
 
 
-def _explain_load_error(model: str, exc: Exception) -> str:
+def _explain_load_error(model: str, exc: Exception, class_name: str = "MochiPipeline") -> str:
     name = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else name
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -222,5 +265,5 @@ def _explain_load_error(model: str, exc: Exception) -> str:
             f"(`hf download {model}`), or point `model:` at a local folder. ({name}: {text})"
         )
     if Path(model).expanduser().is_dir():
-        return f"Could not load the pipeline folder '{model}': {name}: {text}. Is it a MochiPipeline saved with save_pretrained?"
+        return f"Could not load the pipeline folder '{model}': {name}: {text}. Is it a {class_name} saved with save_pretrained?"
     return f"Could not load model '{model}': {name}: {text}"

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from batchgen import settings
-from batchgen.engine import approximate, approximate_hooks, modulation, placement, profiles, progress_mode
+from batchgen.engine import approximate, approximate_hooks, families, modulation, placement, profiles, progress_mode
+from batchgen.engine.families import MOCHI, family_for_class
 from batchgen.engine.loading import LoadedPipeline, load_pipeline
 from batchgen.engine.module_state import peek
 from batchgen.engine.profile_registry import get as declared
+from batchgen.errors import BatchgenError
 from batchgen.job import Job
 from batchgen.outputs import atomic as files
 
@@ -110,7 +112,9 @@ class Renderer:
         if pipeline is not None:
             from batchgen.engine.loading import MAX_SEQUENCE_LENGTH
 
-            self.loaded = LoadedPipeline(pipeline, model, revision or "prebuilt", MAX_SEQUENCE_LENGTH)
+            family = family_for_class(type(pipeline).__name__) or MOCHI
+            max_len = MAX_SEQUENCE_LENGTH if family is MOCHI else family.max_tokens
+            self.loaded = LoadedPipeline(pipeline, model, revision or "prebuilt", max_len, family=family.name)
             pipeline.set_progress_bar_config(**self._steps_bar())
 
     @classmethod
@@ -137,9 +141,13 @@ class Renderer:
             # Before loading: casting the tiny model's modules to bf16 is one of the notices it silences.
             _quiet_diffusers()
             self.on_phase(f"loading the pipeline ({self.model})")
-            self.loaded = load_pipeline(
+            loaded = load_pipeline(
                 self.model, revision=self.revision, load_kwargs=placement.load_kwargs(self.profile, self.device)
             )
+            refused = families.get(loaded.family).profile_problem(self.profile)
+            if refused:
+                raise BatchgenError(f"model {self.model!r}: {refused}")
+            self.loaded = loaded
             self.loaded.pipe.set_progress_bar_config(**self._steps_bar())
         return self.loaded
 
@@ -153,6 +161,10 @@ class Renderer:
     def pipe(self):
         return self.load().pipe
 
+    @property
+    def family(self) -> families.Family:
+        return families.get(self.load().family)
+
     # -- phase one: text ---------------------------------------------------------------------------
     def _cache_path(self, text: str) -> Path | None:
         if self.cache_dir is None:
@@ -160,6 +172,9 @@ class Renderer:
         loaded = self.load()
         te_dtype = str(placement.text_encoder_dtype(self.profile, self.quality)).replace("torch.", "")
         key = f"{loaded.model}\n{loaded.revision}\n{te_dtype}\n{loaded.max_sequence_length}\n{text}"
+        if self.family.prompt_packages:
+            # What the pipeline does to the text first (WanPipeline: ftfy when installed) decides the embedding.
+            key = f"{self.family.builders().prompt_cleaning()}\n{key}"
         return self.cache_dir / (hashlib.sha256(key.encode("utf-8")).hexdigest() + ".pt")
 
     def encode(self, texts: Iterable[str]) -> None:
@@ -189,13 +204,15 @@ class Renderer:
             placement.prepare_text_encoder(pipe, self.profile, self.device, self.quality)
         with torch.inference_mode():
             for text in missing:
-                embeds, mask, _, _ = pipe.encode_prompt(
+                encoded = pipe.encode_prompt(
                     prompt=text,
                     do_classifier_free_guidance=False,
                     max_sequence_length=self.load().max_sequence_length,
                     device=torch.device(self.device),
                 )
-                embeds, mask = embeds.to("cpu"), mask.to("cpu")
+                # Mochi and LTX give (embeds, mask, negative, negative mask); Wan (embeds, negative), no mask.
+                embeds, mask = encoded[0], (encoded[1] if len(encoded) == 4 else None)
+                embeds, mask = embeds.to("cpu"), (mask.to("cpu") if mask is not None else None)
                 self._embeds[text] = (embeds, mask)
                 path = self._cache_path(text)
                 if path is not None:
@@ -265,14 +282,16 @@ class Renderer:
         dtype = pipe.transformer.dtype if declared(self.profile).placement == "cpu" else torch.bfloat16
         device = torch.device(self.device)
         embeds, mask = self._embeds[job.prompt]
-        kwargs = {
-            "prompt_embeds": embeds.to(device, dtype),
-            "prompt_attention_mask": mask.to(device),
-        }
+        kwargs = {"prompt_embeds": embeds.to(device, dtype)}
+        if mask is not None:
+            kwargs["prompt_attention_mask"] = mask.to(device)
         if job.guidance_scale > 1:
             neg, neg_mask = self._embeds[job.negative_prompt]
             kwargs["negative_prompt_embeds"] = neg.to(device, dtype)
-            kwargs["negative_prompt_attention_mask"] = neg_mask.to(device)
+            if neg_mask is not None:
+                kwargs["negative_prompt_attention_mask"] = neg_mask.to(device)
+        if self.family.fps_is_input:
+            kwargs["frame_rate"] = job.fps
 
         def callback(pipeline, step, timestep, callback_kwargs):
             if on_step is not None:
@@ -317,7 +336,10 @@ class Renderer:
             peak_res = torch.cuda.max_memory_reserved(device) if cuda else None
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            video = decode_latents(pipe, output.frames, self.profile, self.device, self.quality)
+            if self.family is families.MOCHI:
+                video = decode_latents(pipe, output.frames, self.profile, self.device, self.quality)
+            else:
+                video = self.family.builders().decode(pipe, output.frames, job, generator)
             frames = to_uint8(np.asarray(pipe.video_processor.postprocess_video(video, output_type="np")[0]))
         end = time.perf_counter()
         decode_peak = None

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from batchgen.engine.families.registry import builtin
+
 import json
 import os
 import re
@@ -27,7 +29,7 @@ _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of HF_HUB_OF
 def check_model(model: str, revision: str | None = None) -> None:
     """None when `model` can be loaded as far as can be told without torch or the network; else raises
     ModelLoadError (exit 2) saying what is missing and what to do."""
-    if model in BUILT_IN:
+    if model in BUILT_IN or builtin(model) is not None:  # every family's tiny and published-size names
         return
     folder = Path(model).expanduser()
     if folder.exists() or _looks_like_path(model):
