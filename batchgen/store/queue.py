@@ -74,9 +74,13 @@ def row_to_job(row: dict) -> Job:
 _STORAGE_FAULTS = {"SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM"}
 
 
+_STORAGE_WORDS = ("disk i/o error", "database or disk is full", "readonly database", "unable to open")
+
+
 def _storage_fault(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
-    return name.split("_")[0:2] and "_".join(name.split("_")[:2]) in _STORAGE_FAULTS
+    text = str(exc).lower()
+    return "_".join(name.split("_")[:2]) in _STORAGE_FAULTS or any(word in text for word in _STORAGE_WORDS)
 
 
 class Store:
