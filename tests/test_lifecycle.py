@@ -82,7 +82,9 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly(forty, tmp_path, gap):
     time.sleep(gap)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, output
+    # -2: the second signal came while Python was already shutting down, which restores the default action:
+    # still death by SIGINT (130 to a shell), at once and without a word.
+    assert proc.returncode in (130, -signal.SIGINT), output
     assert "Traceback" not in output and "Exception ignored" not in output, output
     # Whatever the second signal cut short, the next run takes it back and finishes the batch.
     final = start(forty, out)

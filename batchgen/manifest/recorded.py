@@ -23,7 +23,6 @@ from batchgen.job import JOB_FIELDS
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
-from batchgen.store.readonly import DatabaseMissing, NotBatchgenDatabase, open_readonly
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -115,6 +114,9 @@ def _jsonl_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
 
 
 def _db_rows(state: Draft) -> list[tuple[str, dict, bool]] | None:
+    # Only for a database given as the manifest: the store package brings sqlite-utils, which imports click.
+    from batchgen.store.readonly import DatabaseMissing, NotBatchgenDatabase, open_readonly
+
     path = state.path
     try:
         with open_readonly(path) as store:
