@@ -6,8 +6,8 @@ export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tm
 name=${1:-e2e_fast_h100.json}
 profile=${2:-fast}
 log() { tee -a "$OUT/log.txt"; }
-echo "### batchgen render benchmarks/manifests/e2e_realsize_25f.yaml --profile $profile" | log
+echo "### batchgen render ${MANIFEST:-benchmarks/manifests/e2e_realsize_25f.yaml} --profile $profile" | log
 start=$(date +%s.%N)
-python3 -m batchgen render benchmarks/manifests/e2e_realsize_25f.yaml --profile "$profile" --out "/tmp/e2e_$profile" --no-progress 2>&1 | grep -v "truncated because" | log
+python3 -m batchgen render ${MANIFEST:-benchmarks/manifests/e2e_realsize_25f.yaml} --profile "$profile" --out "/tmp/e2e_$profile" --no-progress 2>&1 | grep -v "truncated because" | log
 end=$(date +%s.%N)
 python3 benchmarks/e2e_report.py "/tmp/e2e_$profile" --command-seconds "$(python3 -c "print($end - $start)")" | tee "$OUT/$name" | log
