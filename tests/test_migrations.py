@@ -21,11 +21,12 @@ JOBS = [
     ("peak_vram_allocated", "INTEGER"), ("peak_vram_reserved", "INTEGER"), ("output_path", "TEXT"),
     ("sha256", "TEXT"), ("frames_sha256", "TEXT"), ("profile", "TEXT"), ("worker", "TEXT"), ("metadata", "TEXT"),
     ("lease_until", "REAL"), ("fingerprint", "TEXT"), ("notes", "TEXT"), ("video_bytes", "INTEGER"),
+    ("checkpoint", "TEXT"), ("loras", "TEXT"), ("lora_set", "TEXT"),
 ]
 RUNS = [("id", "INTEGER"), ("started_at", "TEXT"), ("finished_at", "TEXT"), ("pid", "INTEGER"), ("host", "TEXT"),
         ("manifest", "TEXT"), ("model", "TEXT"), ("profile", "TEXT"), ("profile_reason", "TEXT"), ("exit", "TEXT")]
 NAMED = {"idx_jobs_status_model_precision", "idx_jobs_output_name", "idx_jobs_claim_order",
-         "jobs_video_bytes_follow_sha256"}
+         "jobs_video_bytes_follow_sha256", "idx_jobs_claim_order_lora"}
 
 
 def _schema(path):

@@ -29,6 +29,9 @@ class LoadedPipeline:
     revision: str  # resolved: commit hash for hub models, content hash for local folders and tiny
     max_sequence_length: int
     family: str = "mochi"  # batchgen.engine.families: what the renderer encodes, calls and decodes by
+    variant: str | None = None  # the weights variant loaded (engine/checkpoints.py), None: the full files
+    variant_reason: str = ""
+    transformer_revision: str | None = None  # of a swapped-in transformer: hub commit or content hash
 
 
 def _tiny_tokenizer():
@@ -116,6 +119,14 @@ def weights_hash(pipe) -> str:
     return digest.hexdigest()
 
 
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def folder_hash(path: Path) -> str:
     """Content hash of a local pipeline folder: every file's relative path and bytes."""
     digest = hashlib.sha256()
@@ -131,10 +142,16 @@ def is_local(model: str) -> bool:
     return Path(model).expanduser().is_dir()
 
 
-def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict | None = None) -> LoadedPipeline:
+def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict | None = None,
+                  checkpoint: dict | None = None) -> LoadedPipeline:
     """Build `tiny`, or load a local folder / hub id through `MochiPipeline.from_pretrained`; a model of
-    another family (batchgen.engine.families: tiny-wan, a WanPipeline folder...) through its own class."""
+    another family (batchgen.engine.families: tiny-wan, a WanPipeline folder...) through its own class.
+    `checkpoint` (variant, transformer, transformer_revision) is what engine/checkpoints.py loads beside it."""
     family = _family(model)
+    if checkpoint and (family.name != "mochi" or model in (TINY, REALSIZE)):
+        raise ModelLoadError(f"model {model!r}: variant and transformer apply to a Mochi model folder or hub id, "
+                             "not to a built-in model")
+
     if family.name != "mochi":
         return _load_family(family, model, revision, load_kwargs or {})
     if model == REALSIZE:
@@ -144,17 +161,45 @@ def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict 
         revision = "tiny-" + weights_hash(pipe)[:16]  # of the weights as built, whatever dtype they render in
         _cast(pipe, (load_kwargs or {}).get("dtype"))
         return LoadedPipeline(pipe, model, revision, MAX_SEQUENCE_LENGTH)
-    pipe = _from_pretrained(model, revision, load_kwargs or {})
+    return _load_with_checkpoint(model, revision, load_kwargs or {}, checkpoint or {})
+
+
+def _load_with_checkpoint(model: str, revision: str | None, load_kwargs: dict, checkpoint: dict) -> LoadedPipeline:
+    """A Mochi folder or hub id through from_pretrained, with the variant rule and a swapped-in transformer."""
+    import torch
+
+    from batchgen.engine import checkpoints
+
+    kwargs = dict(load_kwargs)
+    bf16 = kwargs.get("dtype", kwargs.get("torch_dtype")) == torch.bfloat16
+    try:
+        variant, reason = checkpoints.resolve_variant(model, revision, checkpoint.get("variant"), bf16)
+    except checkpoints.CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if variant:
+        kwargs["variant"] = variant
+    transformer_revision = None
+    if checkpoint.get("transformer"):
+        source, asked = checkpoint["transformer"], checkpoint.get("transformer_revision")
+        kwargs["transformer"] = checkpoints.load_transformer(source, asked, load_kwargs)
+        folder = checkpoints.transformer_folder(source)
+        if checkpoints.is_single_file(source):
+            transformer_revision = "sha256-" + file_hash(Path(source).expanduser())[:16]
+        elif folder is not None:
+            transformer_revision = "sha256-" + folder_hash(folder)[:16]
+        else:
+            transformer_revision = resolve_revision(source, asked)
+        # The profile quantizes only the transformer, and that one is loaded (and quantized) already.
+        kwargs.pop("quantization_config", None)
+    pipe = _from_pretrained(model, revision, kwargs)
     for name in ("text_encoder", "transformer", "vae"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.eval()
+        getattr(pipe, name).eval()
     max_len = MAX_SEQUENCE_LENGTH
     # A small saved pipeline may have a shorter text table: never ask it for more tokens than it has.
-    tr = getattr(pipe, "transformer", None)
-    if tr is not None and getattr(tr.config, "max_sequence_length", None):
-        max_len = min(max_len, int(tr.config.max_sequence_length))
-    return LoadedPipeline(pipe, model, resolve_revision(model, revision), max_len)
+    if getattr(pipe.transformer.config, "max_sequence_length", None):
+        max_len = min(max_len, int(pipe.transformer.config.max_sequence_length))
+    return LoadedPipeline(pipe, model, resolve_revision(model, revision), max_len, variant=variant,
+                          variant_reason=reason, transformer_revision=transformer_revision)
 
 
 def _family(model: str):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from batchgen import settings
-from batchgen.engine import approximate, approximate_hooks, families, modulation, placement, profiles, progress_mode
+from batchgen.engine import approximate, approximate_hooks, families, lora, modulation, placement, profiles, progress_mode
 from batchgen.engine.families import MOCHI, family_for_class
 from batchgen.engine.loading import LoadedPipeline, load_pipeline
 from batchgen.engine.module_state import peek
@@ -34,6 +34,8 @@ class Rendered:
     decode_seconds: float | None = None
     # Peak allocated during the decode alone, to tell a decode-bound peak from a denoise-bound one.
     decode_peak_vram_allocated: int | None = None
+    # Seconds spent making the job's LoRAs the active set (engine/lora.py); None when nothing changed.
+    lora_switch_seconds: float | None = None
 
     @property
     def frames_sha256(self) -> str:
@@ -83,6 +85,7 @@ class Renderer:
         largest: tuple[int, int, int] | None = None,
         pipeline=None,
         approximate: str | None = None,
+        checkpoint: dict | None = None,
     ):
         """`largest` is (num_frames, height, width) of the batch's biggest job, for `auto`.
         `pipeline` is an already built MochiPipeline (benchmarks' real-size random model) used instead of loading `model`."""
@@ -91,6 +94,8 @@ class Renderer:
         self.quality = quality
         # An opt-in approximate accelerator's spec (batchgen.engine.approximate), None for exact renders.
         self.approximate = approximate
+        # What is loaded beside the model (engine/checkpoints.py): variant, transformer, its revision.
+        self.checkpoint = dict(checkpoint or {})
         self.choice = profiles.resolve(profile, device, largest=largest)
         self.profile = self.choice.name
         self.device = self.choice.device
@@ -108,6 +113,7 @@ class Renderer:
         # Told when a phase of the run starts (loading, encoding, placing/compiling): the batch's progress.
         self.on_phase: Callable[[str], None] = lambda text: None
         self._embeds: dict[str, tuple] = {}
+        self._loras = lora.LoraState()
         self._denoiser_ready = False
         if pipeline is not None:
             from batchgen.engine.loading import MAX_SEQUENCE_LENGTH
@@ -129,6 +135,7 @@ class Renderer:
             device=config["device"],
             cache_dir=cache_dir,
             progress=False,
+            checkpoint=config.get("checkpoint_fields"),
         )
 
     @property
@@ -142,8 +149,11 @@ class Renderer:
             _quiet_diffusers()
             self.on_phase(f"loading the pipeline ({self.model})")
             loaded = load_pipeline(
-                self.model, revision=self.revision, load_kwargs=placement.load_kwargs(self.profile, self.device)
+                self.model, revision=self.revision, load_kwargs=placement.load_kwargs(self.profile, self.device),
+                checkpoint=self.checkpoint,
             )
+            if loaded.variant:
+                self.on_phase(f"weights variant '{loaded.variant}' ({loaded.variant_reason})")
             refused = families.get(loaded.family).profile_problem(self.profile)
             if refused:
                 raise BatchgenError(f"model {self.model!r}: {refused}")
@@ -312,6 +322,7 @@ class Renderer:
             **kwargs,
         )
         table = peek(pipe.transformer).modulation
+        switch = lora.apply(pipe, job.loras, self._loras, modulation_detached=table is not None)
         start = time.perf_counter()
         with torch.inference_mode():
             if table is not None:
@@ -356,6 +367,7 @@ class Renderer:
             denoise_seconds=denoised - denoise_start,
             decode_seconds=end - denoised,
             decode_peak_vram_allocated=decode_peak,
+            lora_switch_seconds=switch,
         )
 
 

@@ -29,6 +29,10 @@ TOP_LEVEL_KEYS = (
     "jobs",
     "seeds",
     "prompts_file",
+    "variant",
+    "transformer",
+    "transformer_revision",
+    "loras",
 )
 
 
@@ -58,6 +62,7 @@ class Draft:
     out: Path | None = None
     output_name: str = DEFAULT_OUTPUT_NAME
     output_name_source: str = ""
+    checkpoint: dict = field(default_factory=dict)  # variant / transformer / transformer_revision as set
     entries: list[Entry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     entry_problems: int = 0  # entries refused (so "no entries" is not reported on top)

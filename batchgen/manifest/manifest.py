@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchgen.errors import ManifestError
-from batchgen.job import Job
+from batchgen.job import CHECKPOINT_FIELDS, Job
 from batchgen.manifest.entries import Entry
 from batchgen.outputs.naming import render_output_name, safe_file_stem
 
@@ -29,8 +29,17 @@ class Manifest:
     output_name_source: str = ""
     # An opt-in approximate accelerator's canonical spec (batchgen.engine.approximate), None for exact renders.
     approximate: str | None = None
+    # What is loaded beside the model (engine/checkpoints.py; manifest/checkpoint_keys.py reads the keys).
+    variant: str | None = None
+    transformer: str | None = None
+    transformer_revision: str | None = None
     # Filled by expand(): (source of the dropped duplicate, source of the entry kept).
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def checkpoint(self) -> dict:
+        """The checkpoint keys that are set, as the renderer takes them."""
+        return {k: getattr(self, k) for k in CHECKPOINT_FIELDS if getattr(self, k)}
 
     def expand(self, precision: str) -> list[Job]:
         """Build one Job per entry for `precision`, dropping exact duplicates (same job id; the
@@ -50,6 +59,7 @@ class Manifest:
                 model=self.model,
                 revision=self.revision,
                 precision=precision,
+                **self.checkpoint,
                 **entry.fields,
                 source=entry.source,
                 index=entry.index,

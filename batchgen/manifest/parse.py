@@ -157,4 +157,5 @@ def _finish(draft: Draft, suffix: str, *, model, out, profile, approximate=None)
         warnings=draft.warnings,
         output_name_source=draft.output_name_source or draft.display,
         approximate=draft.approximate,
+        **draft.checkpoint,
     )

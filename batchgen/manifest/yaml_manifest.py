@@ -8,6 +8,7 @@ from pathlib import Path
 
 from batchgen.engine.profile_registry import PROFILES
 from batchgen.job import JOB_FIELDS
+from batchgen.manifest.checkpoint_keys import CHECKPOINT_KEYS, LoraProblem, parse_checkpoint_value, parse_loras
 from batchgen.manifest.entries import TOP_LEVEL_KEYS, Draft, add_entries, read_text, suggest
 from batchgen.manifest.fields import TEXT_FIELDS, FieldError, count_tokens_warning, normalise, show, to_bool
 from batchgen.manifest.output_names import check_template
@@ -108,6 +109,12 @@ def _run_settings(data, draft: Draft, overrides: dict) -> None:
             draft.out = draft.path.parent / Path(out).expanduser()
     if "output_name" in data:
         _output_name(data, draft)
+    for key in CHECKPOINT_KEYS:
+        if data.get(key) is not None:
+            try:
+                draft.checkpoint[key] = parse_checkpoint_value(key, data[key])
+            except LoraProblem as exc:
+                draft.problem(f"{_loc(data, draft, key)}: field '{key}': {exc}")
 
 
 def _output_name(data, draft: Draft) -> None:
@@ -152,8 +159,9 @@ def _seeds(data, draft: Draft) -> list[int] | None:
 
 
 def _defaults(data, draft: Draft, seeds: list[int] | None) -> dict:
+    top = _top_level_loras(data, draft)
     if "defaults" not in data or data["defaults"] is None:
-        return {}
+        return top
     value = data["defaults"]
     if not isinstance(value, dict):
         draft.problem(
@@ -166,6 +174,10 @@ def _defaults(data, draft: Draft, seeds: list[int] | None) -> dict:
     if defaults is None:
         draft.entry_problems += 1
         return {}
+    if top and "loras" in defaults:
+        draft.problem(f"{draft.display}:{line_of(value, 'loras', 1)}: field 'loras': set both at the top level and "
+                      "under defaults: use one of them")
+    defaults = {**top, **defaults}
     for name in TEXT_FIELDS:
         if name in defaults:
             warning = count_tokens_warning(defaults[name], source=f"{draft.display}:{line_of(value, name, 1)}", field_name=name)
@@ -234,12 +246,30 @@ def _prompts_file(data, draft: Draft, defaults: dict, seeds: list[int] | None) -
         )
 
 
+def _top_level_loras(data, draft: Draft) -> dict:
+    """Top-level `loras:`: every job's, as if under defaults."""
+    if data.get("loras") is None:
+        return {}
+    try:
+        return {"loras": parse_loras(data["loras"], draft.path.parent)}
+    except LoraProblem as exc:
+        draft.problem(f"{_loc(data, draft, 'loras')}: field 'loras': {exc}")
+        return {}
+
+
 def fields_from_mapping(mapping: dict, draft: Draft, *, where: str, line: int | None = None) -> dict | None:
     """Validated job fields set by `mapping` (None values mean "not set"), or None on problems."""
     ok = True
     out: dict = {}
     for key, value in mapping.items():
         loc = f"{draft.display}:{line if line is not None else line_of(mapping, key, 1)}"
+        if key == "loras":  # a job's own LoRAs replace the defaults' (an empty list: none)
+            try:
+                out["loras"] = parse_loras(value, draft.path.parent) if value is not None else ()
+            except LoraProblem as exc:
+                ok = False
+                draft.problem(f"{loc}: field 'loras': {exc}")
+            continue
         if key not in JOB_FIELDS:
             ok = False
             if key in TOP_LEVEL_KEYS:

@@ -58,6 +58,13 @@ class RunContext:
     def model(self) -> str:
         return self.manifest.model
 
+    @property
+    def checkpoint(self) -> str | None:
+        """The store's key for what the batch loads beside the model (batchgen.job.checkpoint_key)."""
+        from batchgen.job import checkpoint_key
+
+        return checkpoint_key(self.manifest)
+
 
 def video_path(out: Path, job) -> Path:
     return Path(out) / VIDEO_DIR / f"{job.output_name}.mp4"

@@ -29,13 +29,15 @@ class InProcessRunner:
             cache_dir=ctx.out / "cache" / "embeddings",
             progress=ctx.show_bars,
             approximate=manifest.approximate,
+            checkpoint=manifest.checkpoint,
         )
         renderer.on_phase = ctx.progress.phase  # loading, encoding, placing: a line each in lines mode
-        renderer.encode(ctx.store.pending_texts(model=ctx.model, precision=ctx.precision))
+        renderer.encode(ctx.store.pending_texts(model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint))
         _warn_long_prompts(renderer, ctx)
 
     def run(self, ctx: RunContext) -> None:
-        work_loop(ctx.out, ctx.store, self.renderer, model=ctx.model, precision=ctx.precision, summary=ctx.summary,
+        work_loop(ctx.out, ctx.store, self.renderer, model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint,
+                  summary=ctx.summary,
                   log=ctx.log, bar=ctx.progress, signals=ctx.signals)
 
 

@@ -27,7 +27,7 @@ def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: st
     """The metadata.jsonl row of a finished job: file_name first, as VideoFolder expects."""
     loaded = renderer.load()
     gib = (lambda b: round(b / 2**30, 3) if b is not None else None)
-    return {
+    row = {
         "file_name": path.relative_to(out).as_posix(),
         "job_id": job.job_id,
         "prompt": job.prompt,
@@ -55,6 +55,25 @@ def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: st
         "fingerprint": fingerprint.collect(renderer),
         "finished_at": now(),
     }
+    row.update(_checkpoint_columns(job, loaded, rendered))
+    return row
+
+
+def _checkpoint_columns(job: Job, loaded, rendered) -> dict:
+    """What was loaded beside the model and the job's LoRAs, in the record only when there are any."""
+    extra: dict = {}
+    if getattr(loaded, "variant", None):
+        extra["variant_loaded"] = loaded.variant
+    for name in ("variant", "transformer", "transformer_revision"):
+        if getattr(job, name):
+            extra[name] = getattr(job, name)
+    if getattr(loaded, "transformer_revision", None):
+        extra["resolved_transformer_revision"] = loaded.transformer_revision
+    if job.loras:
+        extra["loras"] = [lo.to_dict() for lo in job.loras]
+        switch = getattr(rendered, "lora_switch_seconds", None)
+        extra["lora_switch_seconds"] = round(switch, 3) if switch is not None else 0.0
+    return extra
 
 
 def write_behind_enabled() -> bool:
@@ -70,6 +89,7 @@ def work_loop(
     model: str,
     precision: str,
     summary: RunSummary,
+    checkpoint: str | None = None,
     log,
     bar=None,
     worker: str = "",
@@ -97,11 +117,12 @@ def work_loop(
         while stop is None or not stop.is_set():
             if signals is not None:
                 signals.check()
-            job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds)
+            job = store.claim(model=model, precision=precision, worker=worker, lease_seconds=lease_seconds,
+                                checkpoint=checkpoint)
             if job is None:
                 writer.drain()  # its job is still running: a lease-waiting loop must not see it as another's
                 # Another worker may yet die holding a job: stay until its lease lapses or it finishes.
-                if lease_seconds and store.running_count(model=model, precision=precision):
+                if lease_seconds and store.running_count(model=model, precision=precision, checkpoint=checkpoint):
                     time.sleep(min(1.0, lease_seconds / 4))
                     continue
                 break

@@ -73,6 +73,8 @@ class PoolRunner:
             "quality": ctx.manifest.quality,
             "approximate": ctx.manifest.approximate,
             "precision": ctx.precision,
+            "checkpoint": ctx.checkpoint,
+            "checkpoint_fields": ctx.manifest.checkpoint,
             "lease_seconds": settings.lease_seconds(),
             "parent": os.getpid(),
         }
@@ -112,7 +114,7 @@ class PoolRunner:
                 "above). The batch stopped; free space or fix permissions, then run the same command again."
             )
         ctx.store.reset_running()  # a worker that died may leave its job running; it is ours again
-        left = ctx.store.pending_count(model=ctx.model, precision=ctx.precision)
+        left = ctx.store.pending_count(model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint)
         if left:
             ctx.summary.left_pending = left
             ctx.log(f"batchgen: {left} job(s) still pending after every worker stopped; run again to resume")

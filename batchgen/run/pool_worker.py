@@ -103,10 +103,12 @@ def main(argv: list[str]) -> int:
     code = 0
     try:
         with determinism.settings(determinism.requested()):
-            renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"]))
+            renderer.encode(store.pending_texts(model=config["model"], precision=config["precision"],
+                                                checkpoint=config.get("checkpoint")))
             try:
                 with STOP.acting():
                     work_loop(out, store, renderer, model=config["model"], precision=config["precision"],
+                              checkpoint=config.get("checkpoint"),
                               summary=summary, log=log, worker=worker, lease_seconds=config["lease_seconds"],
                               on_claim=on_claim, signals=STOP)
             except OutputUnwritable as exc:

@@ -250,7 +250,7 @@ class RayRunner:
         choice, manifest = ctx.choice, ctx.manifest
         config = {"model": manifest.model, "revision": manifest.revision, "profile": choice.name if gpus else "cpu",
                   "quality": manifest.quality, "approximate": manifest.approximate,
-                  "device": "cuda" if gpus else "cpu"}
+                  "device": "cuda" if gpus else "cpu", "checkpoint_fields": manifest.checkpoint}
         if not gpus and choice.name != "cpu":
             raise BatchgenError(
                 f"The Ray cluster has no GPU, but this batch renders with profile '{choice.name}' ({ctx.precision}); "
@@ -261,7 +261,7 @@ class RayRunner:
                                 max_task_retries=0)(_RenderActor)
         handles = [remote_cls.remote(config) for _ in range(count)]
         ctx.log(f"batchgen: {count} Ray actor(s) on {'GPUs' if gpus else 'CPUs'} at {self.address}")
-        texts = ctx.store.pending_texts(model=ctx.model, precision=ctx.precision)
+        texts = ctx.store.pending_texts(model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint)
         descriptions = ray.get([h.describe.remote() for h in handles])
         expected = ctx.precision.removesuffix("+deterministic")
         for d in descriptions:
@@ -286,7 +286,8 @@ class RayRunner:
             # One thread per actor, each with its own database connection: SQLite serialises the writes.
             own = Store(ctx.out)
             try:
-                work_loop(ctx.out, own, renderer, model=ctx.model, precision=ctx.precision, summary=ctx.summary,
+                work_loop(ctx.out, own, renderer, model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint,
+                          summary=ctx.summary,
                           log=ctx.log, bar=ctx.progress, worker=f"ray-actor-{n}", stop=stop,
                           write_behind=False)  # one driver thread per actor already overlaps writing with rendering
             except BaseException as exc:  # surfaced in the main thread

@@ -29,7 +29,7 @@ from batchgen.engine import determinism
 from batchgen.engine import fingerprint
 from batchgen.engine import profiles
 from batchgen.errors import BatchgenError
-from batchgen.job import Job
+from batchgen.job import Job, checkpoint_key
 from batchgen.store.queue import row_to_job
 from batchgen.store.readonly import open_readonly
 
@@ -165,7 +165,7 @@ class _Plan:
 
     def group(self) -> tuple:
         return (self.job.model, self.revision, self.profile, self.job.precision, self.vae_tiling, self.deterministic,
-                self.threads)
+                self.threads, checkpoint_key(self.job))
 
 
 def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: bool | None) -> _Plan:
@@ -302,7 +302,7 @@ def reproduce(
     for plan in plans:
         groups.setdefault(plan.group(), []).append(plan)
     results: dict[str, Reproduction] = {}
-    for (model, revision, prof, precision, vae_tiling, det, threads), members in groups.items():
+    for (model, revision, prof, precision, vae_tiling, det, threads, checkpoint), members in groups.items():
         log(f"batchgen: re-rendering {len(members)} job(s) of {model} at {precision} (profile {prof}"
             f"{', deterministic' if det else ''}{f', {threads} CPU thread(s) as recorded' if threads else ''})")
         with determinism.settings(det), _cpu_threads(threads) as pin_threads:
@@ -316,6 +316,7 @@ def reproduce(
                 cache_dir=None,  # encode the texts again: the check covers the whole pipeline
                 vae_tiling=vae_tiling,
                 progress=progress,
+                checkpoint=json.loads(checkpoint) if checkpoint else None,
             )
             pin_threads()  # the cpu profile's Renderer just set BATCHGEN_CPU_THREADS' count: the recorded one wins
             texts = []

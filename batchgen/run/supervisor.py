@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from batchgen.engine import approximate
+from batchgen.engine import approximate, checkpoints, lora
 from batchgen.engine import determinism
 from batchgen.engine import profile_registry, profiles
 from batchgen.engine.environment import check_device
@@ -54,7 +54,28 @@ def plan(
         raise BatchgenError(f"{manifest.path}: field 'approximate': {refused}. Pick one of those with --profile "
                             "or profile: in the manifest.")
     precision = profiles.precision(choice.name, manifest.quality, deterministic, manifest.approximate)
-    return choice, precision, manifest.expand(precision)
+    precision = _checkpoint_precision(manifest, choice.name, precision)
+    jobs = manifest.expand(precision)
+    if any(job.loras for job in jobs):
+        problem = lora.profile_problem(choice.name)
+        if problem:
+            raise BatchgenError(f"{manifest.path}: field 'loras': {problem}")
+    return choice, precision, jobs
+
+
+def _checkpoint_precision(manifest: Manifest, profile: str, precision: str) -> str:
+    """A pre-quantized transformer's tag in place of the compute dtype; a profile that would quantize it
+    again refused, before anything loads."""
+    if not manifest.transformer:
+        return precision
+    try:
+        tag = checkpoints.prequantized_tag(checkpoints.transformer_config(manifest.transformer,
+                                                                          manifest.transformer_revision))
+        declared = profile_registry.get(profile)
+        checkpoints.check_profile(tag, profile, declared.weights, declared.compiles, manifest.transformer)
+    except checkpoints.CheckpointError as exc:
+        raise BatchgenError(f"{manifest.path}: field 'transformer': {exc}") from None
+    return checkpoints.precision_with(precision, tag)
 
 
 def render_manifest(
@@ -120,7 +141,7 @@ def _prepare(ctx: RunContext, jobs: list[Job]) -> None:
 def _run(ctx: RunContext, jobs: list[Job], runner) -> None:
     out, store, summary, log, choice = ctx.out, ctx.store, ctx.summary, ctx.log, ctx.choice
     _prepare(ctx, jobs)
-    ctx.pending = store.pending_count(model=ctx.model, precision=ctx.precision)
+    ctx.pending = store.pending_count(model=ctx.model, precision=ctx.precision, checkpoint=ctx.checkpoint)
     counts = store.counts()
     # This manifest's jobs counted apart from whatever else OUT holds (an earlier version of it, say).
     standing = compare(jobs, store)

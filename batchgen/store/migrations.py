@@ -145,3 +145,19 @@ def m006_video_bytes(db: sqlite_utils.Database) -> None:
         end
         """
     )
+
+
+@migration
+def m007_checkpoints(db: sqlite_utils.Database) -> None:
+    # The checkpoint beside the model (JSON of variant / transformer / transformer_revision, NULL for the
+    # model's own files) and the job's LoRAs (JSON list). Claims filter on the checkpoint: a folder that also
+    # holds jobs of another transformer never renders them with this one. `lora_set` groups jobs with the
+    # same LoRAs at the same scales, so a batch loads each set once ('' for none).
+    db["jobs"].add_column("checkpoint", str)
+    db["jobs"].add_column("loras", str)
+    db["jobs"].add_column("lora_set", str, not_null_default="")
+    db["jobs"].create_index(
+        ["status", "model", "precision", "lora_set", "height", "width", "num_frames", "position"],
+        index_name="idx_jobs_claim_order_lora",
+        if_not_exists=True,
+    )

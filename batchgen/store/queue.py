@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 from batchgen.errors import StoreError
-from batchgen.job import Job
+from batchgen.job import Job, Lora, checkpoint_key, lora_set_key
 from batchgen.store.migrations import MIGRATIONS_TABLE, migrate
 
 DB_NAME = "batchgen.db"
@@ -45,6 +45,9 @@ def job_row(job: Job, position: int) -> dict:
         "output_name": job.output_name,
         "source": job.source,
         "idx": job.index,
+        "checkpoint": checkpoint_key(job),
+        "loras": json.dumps([lo.to_dict() for lo in job.loras]) if job.loras else None,
+        "lora_set": lora_set_key(job.loras),
         "attempts": 0,
         "created_at": now(),
     }
@@ -67,7 +70,20 @@ def row_to_job(row: dict) -> Job:
         source=row["source"] or "",
         index=row["idx"] or 0,
         output_name=row["output_name"],
+        **_checkpoint_fields(row),
     )
+
+
+def _checkpoint_fields(row: dict) -> dict:
+    values = json.loads(row["checkpoint"]) if row.get("checkpoint") else {}
+    if row.get("loras"):
+        values["loras"] = tuple(Lora.from_dict(d) for d in json.loads(row["loras"]))
+    return values
+
+
+def _scope(model: str, precision: str, checkpoint: str | None) -> tuple[str, tuple]:
+    """The jobs one loaded pipeline renders: its model, precision and checkpoint."""
+    return "model=? and precision=? and checkpoint is ?", (model, precision, checkpoint)
 
 
 # SQLite's words for a disk that cannot take the write, as opposed to a file that is not a database.
@@ -149,8 +165,9 @@ class Store:
             cur = self.db.execute("update jobs set status='pending', worker=null where status='running'")
         return cur.rowcount
 
-    def claim(self, *, model: str, precision: str, worker: str = "", lease_seconds: float | None = None) -> Job | None:
-        """Atomically take the next job of this pipeline; jobs of one shape come together.
+    def claim(self, *, model: str, precision: str, worker: str = "", lease_seconds: float | None = None,
+              checkpoint: str | None = None) -> Job | None:
+        """Atomically take the next job of this pipeline; jobs of one LoRA set, then of one shape, come together.
 
         With a lease, a job whose holder stopped renewing it (a dead worker) is taken over once the
         lease lapses; without one, only pending jobs are taken (a single run resets its own leftovers).
@@ -162,17 +179,18 @@ class Store:
         try:
             # Two look-ups along the claim-order index (m003) rather than one with an OR, which would
             # sort every pending job on every claim: about 7 ms a claim at 10,000 jobs.
-            pick = "select height, width, num_frames, position, job_id from jobs where model=? and precision=? and "
-            order = " order by height, width, num_frames, position limit 1"
+            where, args = _scope(model, precision, checkpoint)
+            pick = f"select lora_set, height, width, num_frames, position, job_id from jobs where {where} and "
+            order = " order by lora_set, height, width, num_frames, position limit 1"
             found = [
-                conn.execute(pick + "status='pending'" + order, (model, precision)).fetchone(),
+                conn.execute(pick + "status='pending'" + order, args).fetchone(),
                 conn.execute(
                     pick + "status='running' and lease_until is not null and lease_until < ?" + order,
-                    (model, precision, clock),
+                    (*args, clock),
                 ).fetchone(),
             ]
             found = [f for f in found if f is not None]
-            row = (min(found)[4],) if found else None
+            row = (min(found)[5],) if found else None
             if row is None:
                 conn.execute("commit")
                 return None
@@ -262,23 +280,22 @@ class Store:
         rows = self.db.execute("select precision, count(*) from jobs where model=? group by precision", (model,))
         return dict(rows.fetchall())
 
-    def pending_count(self, *, model: str, precision: str) -> int:
-        return self.db.execute(
-            "select count(*) from jobs where status='pending' and model=? and precision=?", (model, precision)
-        ).fetchone()[0]
+    def pending_count(self, *, model: str, precision: str, checkpoint: str | None = None) -> int:
+        where, args = _scope(model, precision, checkpoint)
+        return self.db.execute(f"select count(*) from jobs where status='pending' and {where}", args).fetchone()[0]
 
-    def running_count(self, *, model: str, precision: str) -> int:
-        return self.db.execute(
-            "select count(*) from jobs where status='running' and model=? and precision=?", (model, precision)
-        ).fetchone()[0]
+    def running_count(self, *, model: str, precision: str, checkpoint: str | None = None) -> int:
+        where, args = _scope(model, precision, checkpoint)
+        return self.db.execute(f"select count(*) from jobs where status='running' and {where}", args).fetchone()[0]
 
-    def pending_texts(self, *, model: str, precision: str) -> list[str]:
+    def pending_texts(self, *, model: str, precision: str, checkpoint: str | None = None) -> list[str]:
         """Every text the pending jobs of this pipeline need encoded, prompts and negative prompts."""
         texts: list[str] = []
+        where, args = _scope(model, precision, checkpoint)
         for prompt, negative, guidance in self.db.execute(
-            "select prompt, negative_prompt, guidance_scale from jobs where status in ('pending', 'running') and model=? "
-            "and precision=? order by position",
-            (model, precision),
+            "select prompt, negative_prompt, guidance_scale from jobs where status in ('pending', 'running') and "
+            f"{where} order by position",
+            args,
         ).fetchall():
             texts.append(prompt)
             if guidance > 1:
