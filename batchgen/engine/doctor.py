@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from importlib import metadata
 import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from batchgen.engine import profile_registry
+from batchgen.engine import lora, profile_registry
 from batchgen.errors import StoreError
 from batchgen.store.readonly import open_readonly
 
@@ -211,6 +212,13 @@ def check_bitsandbytes(devices: list[dict]) -> tuple[Check, bool]:
 # -- ffmpeg ------------------------------------------------------------------------------------------
 
 
+def check_lora() -> Check:
+    problem = lora.backend_problem()
+    if problem:
+        return Check("LoRA", WARN, problem, 'pip install -e ".[lora]"  (installs peft)')
+    return Check("LoRA", OK, f"peft {metadata.version('peft')}: manifests' loras: apply (profiles {', '.join(lora.LORA_PROFILES)})")
+
+
 def check_ffmpeg() -> Check:
     fix = ("pip install --force-reinstall imageio-ffmpeg (its bundled ffmpeg has libx264), or point "
            "IMAGEIO_FFMPEG_EXE at an ffmpeg built with libx264")
@@ -401,8 +409,8 @@ def run_checks(out: Path | None = None, model: str | None = None) -> list[Check]
     cuda, devices = check_cuda()
     checks = [cuda, *check_gpus(devices)]
     bnb, bnb_ok = check_bitsandbytes(devices)
-    checks += [check_profiles(devices, bnb_ok), bnb, check_ffmpeg(), check_login(model), check_model(model, explicit),
-               check_disk(out)]
+    checks += [check_profiles(devices, bnb_ok), bnb, check_ffmpeg(), check_lora(), check_login(model),
+               check_model(model, explicit), check_disk(out)]
     return checks
 
 

@@ -81,6 +81,14 @@ def _collect(renderer) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "deterministic": determinism.state(),
     }
+    # What was loaded beside the model (engine/checkpoints.py, engine/lora.py), only when anything was.
+    if getattr(loaded, "variant", None):
+        fp["variant"] = loaded.variant
+    if getattr(loaded, "transformer_revision", None):
+        fp["transformer_revision"] = loaded.transformer_revision
+    lora_state = getattr(renderer, "_loras", None)
+    if lora_state is not None and lora_state.loaded:
+        fp["peft"] = _version("peft")
     # Whatever the values, the recorded form is plain JSON (the scheduler config holds tuples, numpy scalars).
     return json.loads(json.dumps(fp, default=str))
 

@@ -18,6 +18,7 @@ Torch and diffusers are imported inside the functions: the run's plan asks `prof
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from batchgen.errors import BatchgenError
@@ -28,6 +29,15 @@ _PREFIX = "transformer."
 
 class LoraMismatch(BatchgenError, ValueError):
     """A LoRA whose layers the transformer does not have (another model's LoRA, say)."""
+
+
+def backend_problem() -> str | None:
+    """Why LoRAs cannot load here (diffusers loads them through peft), None when they can."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        return 'LoRAs need peft, which is not installed: pip install -e ".[lora]"'
+    return None
 
 
 def profile_problem(profile: str) -> str | None:
@@ -77,7 +87,10 @@ def _load(pipe, lora, modulation_detached: bool) -> None:
     if isinstance(state_dict, tuple):
         state_dict = state_dict[0]
     check_matches(pipe, lora, state_dict, modulation_detached=modulation_detached)
-    pipe.load_lora_weights(state_dict, adapter_name=lora.name)
+    with warnings.catch_warnings():
+        # peft's notice that a second adapter joins the first: that is what a LoRA set of several is.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        pipe.load_lora_weights(state_dict, adapter_name=lora.name)
 
 
 def apply(pipe, loras: tuple, state: LoraState, *, modulation_detached: bool = False) -> float | None:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
-from batchgen.job import JOB_FIELDS
+from batchgen.job import CHECKPOINT_FIELDS, JOB_FIELDS, Lora
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
 from batchgen.engine.profile_registry import PROFILES, int8_hint, precision as precision_of, profile_for_precision
@@ -51,9 +51,11 @@ def load_records(state: Draft, *, profile_override: str | None = None) -> None:
     model = _agree(state, runs, "model")
     revision = _agree(state, runs, "revision")
     precision = _agree(state, runs, "precision")
+    checkpoint = _agree(state, runs, "checkpoint")
     if state.problems:
         return
     state.model, state.revision = model, revision
+    state.checkpoint = dict(checkpoint or ())
     _pin_hub_commit(state, runs, model, revision)
     if precision.endswith("+deterministic"):
         # Deterministic kernels give other frames, so they are in the job id: only --deterministic matches.
@@ -173,8 +175,12 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
     if not ok:
         state.entry_problems += 1
         return None
+    loras = _recorded_loras(row)
+    if loras:
+        fields["loras"] = loras
     state.entries.append(Entry(fields=fields, source=source, index=int(row.get("idx") or 0), output_name=stem))
     return {
+        "checkpoint": _recorded_checkpoint(row),
         "source": source,
         "model": row["model"],
         "revision": row.get("revision"),
@@ -182,6 +188,23 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
         "profile": row.get("profile"),
         "resolved_revision": row.get("resolved_revision"),
     }
+
+
+def _recorded_loras(row: dict) -> tuple:
+    """A row's LoRAs: a list in metadata.jsonl, JSON text in the database."""
+    value = row.get("loras")
+    if isinstance(value, str):
+        value = json.loads(value)
+    return tuple(Lora.from_dict(d) for d in value or ())
+
+
+def _recorded_checkpoint(row: dict) -> tuple:
+    """What the row loaded beside the model, as (key, value) pairs the rows must agree on."""
+    values = json.loads(row["checkpoint"]) if isinstance(row.get("checkpoint"), str) else {}
+    for key in CHECKPOINT_FIELDS:
+        if row.get(key):
+            values[key] = row[key]
+    return tuple(sorted(values.items()))
 
 
 def _agree(state: Draft, runs: list[dict], key: str):

@@ -57,7 +57,7 @@ def plan(
     precision = _checkpoint_precision(manifest, choice.name, precision)
     jobs = manifest.expand(precision)
     if any(job.loras for job in jobs):
-        problem = lora.profile_problem(choice.name)
+        problem = lora.backend_problem() or lora.profile_problem(choice.name)
         if problem:
             raise BatchgenError(f"{manifest.path}: field 'loras': {problem}")
     return choice, precision, jobs
