@@ -182,6 +182,13 @@ def test_checkpoint_keys_are_checked_with_the_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_local_transformer_that_is_not_there_is_refused_by_validate(tmp_path):
+    missing = _manifest(tmp_path, "some/model", extra="transformer: ./nowhere/mochi.safetensors\n")
+    result = run_cli("validate", missing)
+    assert result.exit_code == 2
+    assert "jobs.yaml:2: field 'transformer': ./nowhere/mochi.safetensors not found" in result.output
+
+
 def test_a_built_in_model_refuses_a_checkpoint(tmp_path, other_transformer):
     manifest = _manifest(tmp_path, "tiny", extra=f"transformer: {other_transformer}\n")
     result = run_cli("render", manifest, "--out", tmp_path / "out", "--no-progress")
@@ -189,15 +196,61 @@ def test_a_built_in_model_refuses_a_checkpoint(tmp_path, other_transformer):
     assert "apply to a Mochi model folder or hub id" in result.output
 
 
-def test_single_file_conversion_needs_the_published_48_layers():
-    """diffusers' converter of the original single-file format hard-codes Mochi's 48 blocks, so a tiny
-    2-block transformer cannot go through it; a 48-block tiny one could (not built here: the test would
-    have to write the original format's key names by hand, the inverse of diffusers' converter)."""
-    import inspect
+def test_a_single_file_in_the_original_format_is_converted_and_swapped_in(tmp_path):
+    """diffusers' converter of the original single-file format hard-codes Mochi's 48 blocks, so the tiny
+    transformer gets 48 (tiny) blocks here; the file is written in the original key names
+    (tests/mochi_original_format.py, the converter's inverse) with other weights than the pipeline's."""
+    from diffusers import MochiTransformer3DModel
+    from safetensors.torch import save_file
 
-    from diffusers.loaders import single_file_utils
+    from mochi_original_format import to_original
 
-    source = inspect.getsource(single_file_utils.convert_mochi_transformer_checkpoint_to_diffusers)
-    assert "num_layers = 48" in source
-    pytest.skip("diffusers' Mochi single-file converter assumes 48 layers (num_layers = 48): a tiny config "
-                "cannot be converted; the loading path (from_single_file) is exercised on real files only")
+    pipe = build_tiny_pipeline()
+    config = {**pipe.transformer.config, "num_layers": 48}
+    torch.manual_seed(3)
+    pipe.transformer = MochiTransformer3DModel.from_config(config).eval()
+    model = tmp_path / "mochi48"
+    pipe.save_pretrained(model)
+    torch.manual_seed(4)
+    other = MochiTransformer3DModel.from_config(config).eval()
+    single = tmp_path / "mochi_preview_bf16.safetensors"
+    save_file(to_original(other.state_dict(), 48), str(single))
+    loaded = load_pipeline(str(model), checkpoint={"transformer": str(single)})
+    assert loaded.transformer_revision.startswith("sha256-")
+    got, want = loaded.pipe.transformer.state_dict(), other.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_an_nf4_transformer_saved_alone_is_loaded_as_it_is(tmp_path, plain):
+    """The seed guide's Technique 3 in small: an NF4 transformer saved alone, swapped into the pipeline."""
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("diffusers' bitsandbytes quantizer refuses without a GPU ('No GPU found. A GPU is needed for "
+                    "quantization.'), so no NF4 checkpoint can be made on this machine")
+    from diffusers import BitsAndBytesConfig, MochiTransformer3DModel
+
+    source = tmp_path / "t"
+    build_tiny_pipeline().transformer.save_pretrained(source)
+    quantized = MochiTransformer3DModel.from_pretrained(source, torch_dtype=torch.bfloat16, quantization_config=(
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)))
+    nf4 = tmp_path / "nf4"
+    quantized.save_pretrained(nf4)
+    assert checkpoints.prequantized_tag(checkpoints.transformer_config(str(nf4), None)) == "nf4-prequantized"
+    manifest = _manifest(tmp_path, plain, extra=f"transformer: {nf4}\nprofile: resident\n")
+    result = run_cli("render", manifest, "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows, _ = _frames(tmp_path / "out")
+    assert rows[0]["precision"] == "nf4-prequantized"
+
+
+def test_doctor_checks_what_a_manifest_loads_beside_its_model(tmp_path, saved, other_transformer):
+    good = _manifest(tmp_path, saved, extra=f"transformer: {other_transformer}\n")
+    result = run_cli("doctor", "--manifest", good)
+    assert "OK    transformer" in result.output and "local" in result.output
+    assert "bf16 files present" in result.output
+    (tmp_path / "b").mkdir()
+    asked = _manifest(tmp_path / "b", saved, extra="variant: fp16\n")
+    result = run_cli("doctor", "--manifest", asked)
+    assert result.exit_code == 1
+    assert "FAIL  variant" in result.output and "fp16: the model has no such files (variants found: bf16)" in result.output

@@ -176,8 +176,10 @@ def transformer_folder(source: str) -> Path | None:
     return path / "transformer" if (path / "transformer" / "config.json").is_file() else path
 
 
-def load_transformer(source: str, revision: str | None, load_kwargs: dict):
-    """The transformer module, loaded as `source` says (engine/loading.py resolves its revision)."""
+def load_transformer(source: str, revision: str | None, load_kwargs: dict, base_model: str | None = None):
+    """The transformer module, loaded as `source` says (engine/loading.py resolves its revision). A single
+    file carries weights only: its config is the base model's transformer's when that is a local folder,
+    else diffusers' default for the format (genmo/mochi-1-preview's, from the hub or its cache)."""
     from diffusers import MochiTransformer3DModel
 
     kwargs = {k: v for k, v in load_kwargs.items() if k in ("dtype", "torch_dtype")}
@@ -193,6 +195,8 @@ def load_transformer(source: str, revision: str | None, load_kwargs: dict):
         if is_single_file(source):
             if not path.is_file():
                 raise CheckpointError(f"transformer {source}: no such file")
+            if base_model and (Path(base_model).expanduser() / "transformer" / "config.json").is_file():
+                kwargs.update(config=str(Path(base_model).expanduser()), subfolder="transformer")
             return MochiTransformer3DModel.from_single_file(str(path), **kwargs).eval()
         folder = transformer_folder(source)
         if folder is not None:

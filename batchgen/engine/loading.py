@@ -181,7 +181,7 @@ def _load_with_checkpoint(model: str, revision: str | None, load_kwargs: dict, c
     transformer_revision = None
     if checkpoint.get("transformer"):
         source, asked = checkpoint["transformer"], checkpoint.get("transformer_revision")
-        kwargs["transformer"] = checkpoints.load_transformer(source, asked, load_kwargs)
+        kwargs["transformer"] = checkpoints.load_transformer(source, asked, load_kwargs, base_model=model)
         folder = checkpoints.transformer_folder(source)
         if checkpoints.is_single_file(source):
             transformer_revision = "sha256-" + file_hash(Path(source).expanduser())[:16]

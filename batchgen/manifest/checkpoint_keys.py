@@ -102,6 +102,15 @@ def _cached(repo: object, weight_name: str | None) -> tuple[str, Path]:
     return repo, Path(found)
 
 
+def _check_local_transformer(value: str) -> None:
+    # Like `model:`, a path is taken from the working directory; anything else is a hub id.
+    path = Path(value).expanduser()
+    looks_local = value.endswith(".safetensors") or value.startswith((".", "/", "~")) or value.count("/") != 1
+    if looks_local and not path.exists():
+        raise LoraProblem(f"{value} not found (looked for {path.absolute()}); give a local folder, a .safetensors "
+                          "file or a hub id such as owner/name")
+
+
 def _hash(file: Path) -> str:
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
@@ -111,9 +120,12 @@ def _hash(file: Path) -> str:
 
 
 def parse_checkpoint_value(key: str, value: object) -> str:
-    """A top-level checkpoint key's value, as text."""
+    """A top-level checkpoint key's value, as text; a local transformer that is not there is refused."""
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        value = value.strip()
+        if key == "transformer":
+            _check_local_transformer(value)
+        return value
     what = {"variant": "a weights variant such as bf16", "transformer": "a hub id, a local folder or a .safetensors file",
             "transformer_revision": "a branch, tag or commit as text (in quotes)"}[key]
     raise LoraProblem(f"must be {what}, got {show(value)}")
