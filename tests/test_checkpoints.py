@@ -237,20 +237,13 @@ def test_an_nf4_transformer_saved_alone_is_loaded_as_it_is(tmp_path, plain):
     nf4 = tmp_path / "nf4"
     quantized.save_pretrained(nf4)
     assert checkpoints.prequantized_tag(checkpoints.transformer_config(str(nf4), None)) == "nf4-prequantized"
-    manifest = _manifest(tmp_path, plain, extra=f"transformer: {nf4}\nprofile: resident\n")
-    result = run_cli("render", manifest, "--out", tmp_path / "out", "--no-progress")
-    assert result.exit_code == 0, result.output
-    rows, _ = _frames(tmp_path / "out")
-    assert rows[0]["precision"] == "nf4-prequantized"
+    from batchgen.engine.renderer import Renderer
+    from batchgen.run.supervisor import plan
 
-
-def test_doctor_checks_what_a_manifest_loads_beside_its_model(tmp_path, saved, other_transformer):
-    good = _manifest(tmp_path, saved, extra=f"transformer: {other_transformer}\n")
-    result = run_cli("doctor", "--manifest", good)
-    assert "OK    transformer" in result.output and "local" in result.output
-    assert "bf16 files present" in result.output
-    (tmp_path / "b").mkdir()
-    asked = _manifest(tmp_path / "b", saved, extra="variant: fp16\n")
-    result = run_cli("doctor", "--manifest", asked)
-    assert result.exit_code == 1
-    assert "FAIL  variant" in result.output and "fp16: the model has no such files (variants found: bf16)" in result.output
+    manifest = load_manifest(_manifest(tmp_path, plain, extra=f"transformer: {nf4}\nprofile: resident\n"))
+    _, precision, jobs = plan(manifest)
+    assert precision == "nf4-prequantized"
+    renderer = Renderer(str(plain), profile="resident", progress=False, checkpoint=manifest.checkpoint)
+    assert type(renderer.pipe.transformer.transformer_blocks[0].attn1.to_q).__name__ == "Linear4bit"
+    frames = renderer.render(jobs[0]).frames
+    assert frames.shape[0] == jobs[0].num_frames and frames.std() > 0

@@ -212,8 +212,10 @@ def test_a_disk_that_fills_mid_batch_leaves_no_job_running(tmp_path, tiny_disk):
     result = run_cli("render", manifest, "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     outcomes = []
-    # Several fill levels, so the disk fills at different moments: the database, a video, the gallery.
-    for leave in (30_000, 60_000, 90_000, 120_000, 150_000):
+    # Several fill levels, so the disk fills at different moments: the database, a video, the gallery. (The
+    # database's own growth per write decides which level lands where: the wider rows and the LoRA claim
+    # index of m007 moved the first mid-batch stop past 150 kB.)
+    for leave in (30_000, 60_000, 90_000, 120_000, 150_000, 250_000, 400_000):
         conn = sqlite3.connect(out / "batchgen.db")
         conn.execute("update jobs set status='pending', output_path=null")
         conn.commit()
