@@ -247,3 +247,24 @@ def test_an_nf4_transformer_saved_alone_is_loaded_as_it_is(tmp_path, plain):
     assert type(renderer.pipe.transformer.transformer_blocks[0].attn1.to_q).__name__ == "Linear4bit"
     frames = renderer.render(jobs[0]).frames
     assert frames.shape[0] == jobs[0].num_frames and frames.std() > 0
+
+
+def test_the_bf16_rule_never_downloads_again_what_the_cache_has_in_full(tmp_path, monkeypatch):
+    """A hub model whose full files are cached keeps them, though the hub lists bf16 files too."""
+    commit = "a" * 40
+    repo = tmp_path / "hf" / "hub" / "models--owner--mochi"
+    snapshot = repo / "snapshots" / commit
+    listing = []
+    for component in checkpoints.WEIGHT_COMPONENTS:
+        (snapshot / component).mkdir(parents=True)
+        (snapshot / component / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+        listing += [f"{component}/diffusion_pytorch_model.safetensors", f"{component}/diffusion_pytorch_model.bf16.safetensors"]
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(checkpoints, "_hub_files", lambda model, revision: listing)
+    variant, reason = checkpoints.resolve_variant("owner/mochi", None, None, computes_bf16=True)
+    assert variant is None and "in the cache" in reason
+    for component in checkpoints.WEIGHT_COMPONENTS:
+        (snapshot / component / "diffusion_pytorch_model.safetensors").unlink()
+    assert checkpoints.resolve_variant("owner/mochi", None, None, computes_bf16=True)[0] == "bf16"

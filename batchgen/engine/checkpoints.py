@@ -104,8 +104,25 @@ def resolve_variant(model: str, revision: str | None, asked: str | None, compute
                                   f"component (variants it has: {have}); remove variant: to load the full files")
         return asked, "asked for"
     if computes_bf16 and AUTO_VARIANT in model_variants(model, revision):
+        if _only_full_files_cached(model, revision):
+            # Switching would download ~20 GB more for the same pixels: keep what is there.
+            return None, "full files: they are in the cache and the bf16 ones are not (variant: bf16 switches)"
         return AUTO_VARIANT, "the profile computes in bf16 and the model has bf16 files: the same pixels, half the download"
     return None, "full files"
+
+
+def _only_full_files_cached(model: str, revision: str | None) -> bool:
+    """A hub model whose cached transformer weights are the full files only."""
+    if Path(model).expanduser().is_dir():
+        return False
+    try:
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(model, revision=revision, local_files_only=True)) / "transformer"
+    except Exception:
+        return False
+    names = [p.name for p in root.glob("*.safetensors")] if root.is_dir() else []
+    return bool(names) and AUTO_VARIANT not in file_variants(names)
 
 
 # -- the transformer -------------------------------------------------------------------------------------
