@@ -14,7 +14,7 @@ from batchgen import faults
 from batchgen import settings
 from batchgen.engine import fingerprint
 from batchgen.engine.environment import device_name, library_versions
-from batchgen.job import Job
+from batchgen.job import CHECKPOINT_FIELDS, Job
 from batchgen.outputs.unwritable import OutputUnwritable
 from batchgen.run.context import RunSummary, video_path
 from batchgen.run.failures import free_cuda, is_oom, job_failed
@@ -64,7 +64,7 @@ def _checkpoint_columns(job: Job, loaded, rendered) -> dict:
     extra: dict = {}
     if getattr(loaded, "variant", None):
         extra["variant_loaded"] = loaded.variant
-    for name in ("variant", "transformer", "transformer_revision"):
+    for name in CHECKPOINT_FIELDS:
         if getattr(job, name):
             extra[name] = getattr(job, name)
     if getattr(loaded, "transformer_revision", None):
