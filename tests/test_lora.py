@@ -160,3 +160,19 @@ def test_a_lora_batch_is_recreated_from_its_records_with_the_same_ids(tmp_path, 
     first, again = _by_scale(tmp_path / "out"), _by_scale(tmp_path / "again")
     assert {k: r["job_id"] for k, r in first.items()} == {k: r["job_id"] for k, r in again.items()}
     assert again[0.6]["frames_sha256"] == first[0.6]["frames_sha256"]
+
+
+def test_the_gallery_names_each_jobs_loras(tmp_path, loras):
+    from batchgen.outputs.gallery import gallery_items
+    from batchgen.store.queue import Store
+
+    jobs = f"  - {{prompt: fox, loras: [{{path: {loras['a']}, scale: 0.5, adapter_name: style}}]}}\n  - {{prompt: owl}}\n"
+    out = tmp_path / "out"
+    assert run_cli("render", _manifest(tmp_path, jobs), "--out", out, "--no-progress").exit_code == 0
+    store = Store(out)
+    try:
+        shown = {item["prompt"]: item["checkpoint"] for item in gallery_items(store)}
+    finally:
+        store.close()
+    assert shown == {"fox": "LoRA style@0.5", "owl": ""}
+    assert "LoRA style@0.5" in (out / "index.html").read_text(encoding="utf-8")

@@ -59,9 +59,22 @@ def gallery_items(store) -> list[dict]:
             "source": row.get("source") or "",
             "file": row.get("output_path") if row["status"] == "done" else None,
             "error": row.get("error") if row["status"] == "failed" else None,
+            # The transformer and LoRAs (adapter@scale) a job renders with, "" for none.
+            "checkpoint": _checkpoint_text(row),
         }
         items.append(item)
     return items
+
+
+def _checkpoint_text(row: dict) -> str:
+    data = json.loads(row["checkpoint"]) if row.get("checkpoint") else {}
+    parts = [f"transformer {data['transformer']}"] if data.get("transformer") else []
+    if data.get("variant"):
+        parts.append(f"variant {data['variant']}")
+    for lora in json.loads(row["loras"]) if row.get("loras") else ():
+        name = lora.get("adapter_name") or f"lora_{lora.get('sha256', '')[:8]}"
+        parts.append(f"LoRA {name}@{float(lora.get('scale', 1.0)):g}")
+    return ", ".join(parts)
 
 
 def script_json(data) -> str:

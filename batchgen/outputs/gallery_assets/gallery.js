@@ -38,7 +38,7 @@
   DATA.items.forEach(function (it, i) {
     it._pos = i;
     it._hay = [it.prompt, it.negative_prompt, "seed " + it.seed, it.job_id, it.file || "", it.error || "",
-               it.source, it.model, it.profile, it.precision].join("\n").toLowerCase();
+               it.source, it.model, it.profile, it.precision, it.checkpoint || ""].join("\n").toLowerCase();
   });
 
   var c = DATA.counts;
@@ -76,7 +76,7 @@
       it.height + " \u00b7 " + it.num_inference_steps + " steps \u00b7 guidance " + it.guidance_scale + " \u00b7 " + it.fps + " fps"));
     var how = it.status === "done" ? "rendered in " + secs(it.render_seconds) : "failed (attempt " + it.attempts + ")";
     cap.appendChild(el("p", "meta", how + " \u00b7 " + when(it.finished_at) + " \u00b7 " + it.model + " " +
-      (it.profile ? it.profile + " " : "") + it.precision));
+      (it.profile ? it.profile + " " : "") + it.precision + (it.checkpoint ? " \u00b7 " + it.checkpoint : "")));
     var line = el("p", "meta");
     if (it.file) {
       var a = el("a", null, it.file);
