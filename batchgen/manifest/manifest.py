@@ -29,6 +29,8 @@ class Manifest:
     output_name_source: str = ""
     # An opt-in approximate accelerator's canonical spec (batchgen.engine.approximate), None for exact renders.
     approximate: str | None = None
+    # The model's family (batchgen.engine.families) whose rules the entries were checked by; the jobs carry it.
+    family: str = "mochi"
     # Filled by expand(): (source of the dropped duplicate, source of the entry kept).
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
@@ -50,6 +52,7 @@ class Manifest:
                 model=self.model,
                 revision=self.revision,
                 precision=precision,
+                family=self.family,
                 **entry.fields,
                 source=entry.source,
                 index=entry.index,
