@@ -21,6 +21,7 @@ JOBS = [
     ("peak_vram_allocated", "INTEGER"), ("peak_vram_reserved", "INTEGER"), ("output_path", "TEXT"),
     ("sha256", "TEXT"), ("frames_sha256", "TEXT"), ("profile", "TEXT"), ("worker", "TEXT"), ("metadata", "TEXT"),
     ("lease_until", "REAL"), ("fingerprint", "TEXT"), ("notes", "TEXT"), ("video_bytes", "INTEGER"),
+    ("family", "TEXT"),
 ]
 RUNS = [("id", "INTEGER"), ("started_at", "TEXT"), ("finished_at", "TEXT"), ("pid", "INTEGER"), ("host", "TEXT"),
         ("manifest", "TEXT"), ("model", "TEXT"), ("profile", "TEXT"), ("profile_reason", "TEXT"), ("exit", "TEXT")]

@@ -145,3 +145,10 @@ def m006_video_bytes(db: sqlite_utils.Database) -> None:
         end
         """
     )
+
+
+@migration
+def m008_family(db: sqlite_utils.Database) -> None:
+    # The job's model family (batchgen.engine.families): part of non-Mochi job ids, so a row read back must
+    # keep it. NULL in rows from before families: Mochi.
+    db["jobs"].add_column("family", str)
