@@ -103,3 +103,31 @@ def test_renderer_refuses_a_job_of_another_family():
     job = Job(prompt="a fox", num_frames=9, height=32, width=32, num_inference_steps=2, model="tiny-wan", family="ltx")
     with pytest.raises(BatchgenError, match="'tiny-wan' is a Wan pipeline, but the job was made for the LTX-Video"):
         Renderer("tiny-wan", progress=False).render(job)
+
+
+# ---------------------------------------------------------------- built-in names asked of the registry
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-wan", "tiny-ltx", "realsize-wan2.1-14b"])
+def test_doctor_and_model_check_know_every_built_in_model(model):
+    from batchgen.engine import doctor
+    from batchgen.engine.families import family_for_model
+    from batchgen.manifest.model_check import check_model
+
+    check_model(model)  # no folder, no cache, no network: built in
+    found = doctor.check_model(model, True)
+    assert found.status == doctor.OK and family_for_model(model).title in found.detail
+
+
+def test_only_tiny_models_are_cpu_sized():
+    from batchgen.engine.families import is_tiny
+
+    assert [is_tiny(m) for m in ("tiny", "tiny-wan", "tiny-ltx", "realsize", "realsize-ltx-2b", "genmo/mochi-1-preview")] == [
+        True, True, True, False, False, False]
+
+
+def test_a_tiny_wan_batch_on_the_cpu_is_not_warned_about(tmp_path):
+    manifest = write_manifest(tmp_path / "jobs.yaml", "model: tiny-wan\ndefaults: {num_frames: 5, height: 16, width: 16, "
+                              "num_inference_steps: 2}\njobs:\n  - a fox\n")
+    result = run_cli("render", manifest, "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "hours per video" not in result.output

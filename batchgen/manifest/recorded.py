@@ -19,7 +19,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
-from batchgen.engine.families import FAMILIES, MOCHI, Family, UnknownFamily, rules_for_model
+from batchgen.engine.families import FAMILIES, MOCHI, Family, UnknownFamily, builtin, rules_for_model
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
@@ -220,7 +220,7 @@ def _agree(state: Draft, runs: list[dict], key: str):
 def _pin_hub_commit(state: Draft, runs: list[dict], model: str, revision: str | None) -> None:
     """Render a hub model from the commit the rows record, not from wherever `revision` points today."""
     commits = {r["resolved_revision"] for r in runs if r["resolved_revision"] and _HUB_COMMIT.fullmatch(r["resolved_revision"])}
-    if not commits or model == "tiny" or Path(model).expanduser().is_dir():
+    if not commits or builtin(model) is not None or Path(model).expanduser().is_dir():
         return
     if len(commits) > 1:
         first = runs[0]

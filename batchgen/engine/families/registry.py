@@ -112,6 +112,12 @@ def builtin(model: str) -> Family | None:
     return _BY_BUILTIN_NAME.get(model)
 
 
+def is_tiny(model: str) -> bool:
+    """Whether `model` is one of the tiny random-weight pipelines (tiny, tiny-wan, tiny-ltx): CPU-sized."""
+    found = builtin(model)
+    return found is not None and model == found.tiny
+
+
 def family_for_model(model: str, declared: str | None = None) -> Family:
     """The family `model` (a built-in name, a local pipeline folder or a hub id) belongs to.
 
