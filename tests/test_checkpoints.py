@@ -261,7 +261,10 @@ def test_the_bf16_rule_never_downloads_again_what_the_cache_has_in_full(tmp_path
         listing += [f"{component}/diffusion_pytorch_model.safetensors", f"{component}/diffusion_pytorch_model.bf16.safetensors"]
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants
+
+    # The constant, not the variable: huggingface_hub reads HF_HUB_CACHE once, when first imported.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(checkpoints, "_hub_files", lambda model, revision: listing)
     variant, reason = checkpoints.resolve_variant("owner/mochi", None, None, computes_bf16=True)
     assert variant is None and "in the cache" in reason

@@ -253,7 +253,7 @@ def _job(family, **changes):
 
     fields = dict(prompt="a red fox in snow", negative_prompt="blurry", seed=3, num_frames=family.min_frames + family.frame_step,
                   height=family.size_multiple, width=2 * family.size_multiple, num_inference_steps=2,
-                  guidance_scale=family.defaults["guidance_scale"], fps=24, model=family.tiny)
+                  guidance_scale=family.defaults["guidance_scale"], fps=24, model=family.tiny, family=family.name)
     return Job(**{**fields, **changes})
 
 
@@ -344,10 +344,9 @@ def test_other_families_carry_theirs_in_the_id():
 # ---------------------------------------------------------------- end to end
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, frames, width", [(WAN, 13, 48), (LTX, 25, 64)], ids=["wan", "ltx"])
+@pytest.mark.parametrize("family, frames, width", [(WAN, 17, 48), (LTX, 17, 64)], ids=["wan", "ltx"])
 def test_cli_renders_a_tiny_family_batch(tmp_path, family, frames, width):
-    # The frame count and size satisfy Mochi's rules too: the manifest checks Mochi's until it calls the
-    # family's hooks (phase 2); the renderer already renders with the family's pipeline.
+    # 17 frames: the family's rule (4k+1, 8k+1) but not Mochi's 6k+1, so the manifest checks the family's.
     from tests.conftest import run_cli
 
     manifest = write_manifest(tmp_path / "jobs.yaml", f"""\
@@ -362,6 +361,7 @@ jobs:
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(records) == 1 and records[0]["resolved_revision"].startswith(family.tiny + "-")
+    assert records[0]["family"] == family.name and records[0]["num_frames"] == frames
     assert (out / records[0]["file_name"]).stat().st_size > 0
     again = run_cli("render", manifest, "--out", out, "--no-progress")
     assert again.exit_code == 0 and "1 already done" in again.output

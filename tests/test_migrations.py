@@ -22,6 +22,7 @@ JOBS = [
     ("sha256", "TEXT"), ("frames_sha256", "TEXT"), ("profile", "TEXT"), ("worker", "TEXT"), ("metadata", "TEXT"),
     ("lease_until", "REAL"), ("fingerprint", "TEXT"), ("notes", "TEXT"), ("video_bytes", "INTEGER"),
     ("checkpoint", "TEXT"), ("loras", "TEXT"), ("lora_set", "TEXT"),
+    ("family", "TEXT"),
 ]
 RUNS = [("id", "INTEGER"), ("started_at", "TEXT"), ("finished_at", "TEXT"), ("pid", "INTEGER"), ("host", "TEXT"),
         ("manifest", "TEXT"), ("model", "TEXT"), ("profile", "TEXT"), ("profile_reason", "TEXT"), ("exit", "TEXT")]

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from batchgen.engine import lora, profile_registry
+from batchgen.engine import families, lora, profile_registry
 from batchgen.errors import StoreError
 from batchgen.store.readonly import open_readonly
 
@@ -260,7 +260,7 @@ def check_login(model: str) -> Check:
     if token:
         source = "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the saved login"
         return Check("HF login", OK, f"token found ({source}; not checked online)")
-    if model == "tiny" or Path(model).expanduser().is_dir():
+    if families.builtin(model) is not None or Path(model).expanduser().is_dir():
         return Check("HF login", OK, "not logged in; not needed for this model")
     return Check("HF login", WARN, f"not logged in: fine for public models such as {DEFAULT_MODEL}; gated or "
                  "private models fail to download", "hf auth login   (or set HF_TOKEN)")
@@ -296,8 +296,10 @@ def _names_a_folder(model: str) -> bool:
 
 
 def check_model(model: str, explicit: bool) -> Check:
-    if model == "tiny":
-        return Check("model", OK, "tiny: built in memory, nothing to download")
+    family = families.builtin(model)
+    if family is not None:
+        how = "built in memory" if model == family.tiny else "published-size random weights built on the GPU"
+        return Check("model", OK, f"{model}: {how}, nothing to download ({family.title})")
     folder = Path(model).expanduser()
     if not folder.is_dir() and _names_a_folder(model):
         where = "a file, not a folder" if folder.exists() else "does not exist"

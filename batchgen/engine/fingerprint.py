@@ -12,7 +12,7 @@ import platform
 from importlib import metadata
 
 from batchgen import settings
-from batchgen.engine import determinism, environment, profiles
+from batchgen.engine import determinism, environment, families, profiles
 from batchgen.engine.module_state import peek
 from batchgen.engine.profile_registry import REGISTRY
 
@@ -89,6 +89,12 @@ def _collect(renderer) -> dict:
     lora_state = getattr(renderer, "_loras", None)
     if lora_state is not None and lora_state.loaded:
         fp["peft"] = _version("peft")
+    family = families.get(loaded.family)
+    if family.tags_job_ids:  # Mochi's fingerprints stay what they were, as its job ids do
+        fp["family"] = family.name
+        if family.prompt_packages:
+            # What the pipeline does to the text before encoding (WanPipeline: ftfy when installed).
+            fp["prompt_cleaning"] = family.builders().prompt_cleaning()
     # Whatever the values, the recorded form is plain JSON (the scheduler config holds tuples, numpy scalars).
     return json.loads(json.dumps(fp, default=str))
 

@@ -147,11 +147,10 @@ def load_pipeline(model: str, *, revision: str | None = None, load_kwargs: dict 
     """Build `tiny`, or load a local folder / hub id through `MochiPipeline.from_pretrained`; a model of
     another family (batchgen.engine.families: tiny-wan, a WanPipeline folder...) through its own class.
     `checkpoint` (variant, transformer, transformer_revision) is what engine/checkpoints.py loads beside it."""
-    family = _family(model)
+    family = _family(model, revision)
     if checkpoint and (family.name != "mochi" or model in (TINY, REALSIZE)):
         raise ModelLoadError(f"model {model!r}: variant and transformer apply to a Mochi model folder or hub id, "
                              "not to a built-in model")
-
     if family.name != "mochi":
         return _load_family(family, model, revision, load_kwargs or {})
     if model == REALSIZE:
@@ -202,9 +201,18 @@ def _load_with_checkpoint(model: str, revision: str | None, load_kwargs: dict, c
                           variant_reason=reason, transformer_revision=transformer_revision)
 
 
-def _family(model: str):
-    from batchgen.engine.families import UnknownFamily, family_for_model
+def _family(model: str, revision: str | None = None):
+    from batchgen.engine.families import UnknownFamily, builtin, family_for_model
 
+    if builtin(model) is None and not is_local(model) and model.count("/") == 1:
+        # A hub id: its model_index.json names its pipeline class. from_pretrained would fetch it first anyway;
+        # fetching it before choosing the class lets the family come from the model, not from its owner's name.
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(model, "model_index.json", revision=revision)
+        except Exception:  # offline, gated, not found: from_pretrained says so in the user's words
+            pass
     try:
         return family_for_model(model)
     except UnknownFamily as exc:

@@ -285,6 +285,13 @@ class Renderer:
     def render(self, job: Job, on_step: Callable[[int, int], None] | None = None) -> Rendered:
         import torch
 
+        if job.family != self.load().family:
+            # The manifest checked the job by its family's rules (`family:` for a hub id not yet in the cache);
+            # the pipeline that came is another family's: its frames would not be the job's.
+            raise BatchgenError(
+                f"model {self.model!r} is a {self.family.title} pipeline, but the job was made for the "
+                f"{families.get(job.family).title} family; fix `family:` in the manifest (or remove it)"
+            )
         texts = [job.prompt] + ([job.negative_prompt] if job.guidance_scale > 1 else [])
         self.encode(texts)
         self._ensure_denoiser()

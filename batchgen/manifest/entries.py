@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batchgen.engine.families import MOCHI, Family, UnknownFamily, rules_for_model
 from batchgen.job import JOB_DEFAULTS
 from batchgen.manifest.fields import TEXT_FIELDS, FieldError, count_tokens_warning, normalise
 
@@ -19,6 +20,7 @@ DEFAULT_OUTPUT_NAME = "{job_id}"
 #: Keys allowed at the top level of a YAML manifest (set once per batch, never per job).
 TOP_LEVEL_KEYS = (
     "model",
+    "family",
     "revision",
     "profile",
     "quality",
@@ -55,6 +57,10 @@ class Draft:
     path: Path
     problems: list[str]
     model: str = DEFAULT_MODEL
+    # Where the model was named ("jobs.yaml:2", "--model"), for the message when its family cannot be told.
+    model_source: str = ""
+    # The manifest's `family:` (or the records'): decides only for a hub id not in the local cache.
+    family: str | None = None
     revision: str | None = None
     profile: str = DEFAULT_PROFILE
     quality: bool = False
@@ -66,14 +72,29 @@ class Draft:
     entries: list[Entry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     entry_problems: int = 0  # entries refused (so "no entries" is not reported on top)
+    _rules: tuple = ()  # ((model, family), Family): rules() of the model as last asked
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
 
+    def rules(self) -> Family:
+        """The family whose frame/size rules and defaults the entries follow: the model's (its own size
+        multiple included). A model whose family cannot be told is reported once; Mochi's rules stand."""
+        key = (self.model, self.family)
+        if self._rules and self._rules[0] == key:
+            return self._rules[1]
+        try:
+            found = rules_for_model(self.model, self.family)
+        except UnknownFamily as exc:
+            self.problem(f"{self.model_source or self.display}: field 'model': {exc}")
+            found = MOCHI
+        self._rules = (key, found)
+        return found
+
     def check_field(self, into: dict, loc: str, name: str, value: object, *, textual: bool) -> bool:
         """Put the checked value of field `name` in `into`; False (the problem recorded at `loc`) if it is refused."""
         try:
-            into[name] = normalise(name, value, textual=textual)
+            into[name] = normalise(name, value, textual=textual, family=self.rules())
         except FieldError as exc:
             self.problem(f"{loc}: field '{name}': {exc}")
             return False
@@ -126,6 +147,7 @@ def suggest(word: object, known) -> str:
 def add_entries(draft: Draft, source: str, defaults: dict, own: dict, seeds: list[int] | None) -> None:
     """Add the entry whose own fields are `own` over `defaults`: one per seed of `seeds` unless it gives its own."""
     fields = dict(JOB_DEFAULTS)
+    fields.update(draft.rules().defaults)  # a Wan job not setting num_frames gets Wan's 81, not Mochi's 19
     fields.update(defaults)
     fields.update(own)
     if fields.get("prompt") is None:

@@ -14,10 +14,12 @@ import reprlib
 import unicodedata
 from decimal import Decimal, InvalidOperation
 
+from batchgen.engine.families.family import Family
+from batchgen.engine.families.registry import MOCHI
 from batchgen.job import JOB_DEFAULTS
 
 SEED_LIMIT = 2**64
-MIN_FRAMES = 7
+MIN_FRAMES = MOCHI.min_frames
 # Upper bounds, each with its reason (README's manifest reference lists them):
 # Mochi was trained on clips of up to 163 frames; attention grows with the square of the latent frames, so
 # 511 frames (85 latent frames, about three times the training length) is already far beyond any GPU's memory.
@@ -180,58 +182,39 @@ def to_bool(name: str, value: object) -> bool:
     raise FieldError(f"must be true or false, got {show(value)}{hint}; write true or false")
 
 
-def _nearest(n: int, step: int, minimum: int, offset: int = 0) -> tuple[int | None, int]:
-    """The valid values (k*step + offset, >= minimum) just below and just above n."""
-    below = ((n - offset) // step) * step + offset
-    above = below + step
-    if below < minimum:
-        below = None
-        above = max(above, minimum)
-    return below, above
-
-
-def _check_frames(n: int) -> None:
-    if n < MIN_FRAMES:
-        raise FieldError(
-            f"num_frames {n} is too small: Mochi needs 6k+1 frames with k >= 1; use {MIN_FRAMES} "
-            f"or more (7, 13, 19, 25, ...)"
-        )
+def _check_frames(n: int, family: Family) -> None:
     if n > MAX_FRAMES:
+        trained = " (Mochi was trained on up to 163 frames and" if family is MOCHI else " ("
         raise FieldError(
-            f"num_frames {n} is above the limit of {MAX_FRAMES} (Mochi was trained on up to 163 frames and "
-            f"memory grows with the square of the length); use at most {MAX_FRAMES}"
+            f"num_frames {n} is above the limit of {MAX_FRAMES}{trained} memory grows with the square of the "
+            f"length); use at most {MAX_FRAMES}"
         )
-    if (n - 1) % 6:
-        below, above = _nearest(n, 6, MIN_FRAMES, offset=1)
-        raise FieldError(
-            f"num_frames {n} is not 6k+1 (diffusers would silently drop frames); use {below} or {above}"
-        )
+    problem = family.frames_problem(n)  # the family's frame rule (Mochi 6k+1, Wan 4k+1, LTX 8k+1)
+    if problem:
+        raise FieldError(problem)
 
 
-def _check_side(name: str, n: int) -> None:
-    if n <= 0:
-        raise FieldError(f"{name} {n} must be a positive multiple of 16; use e.g. {JOB_DEFAULTS[name]}")
+def _check_side(name: str, n: int, family: Family) -> None:
     if n > MAX_SIDE:
+        trained = "Mochi was trained at 480x848 and " if family is MOCHI else ""
         raise FieldError(
-            f"{name} {n} is above the limit of {MAX_SIDE} (Mochi was trained at 480x848 and memory grows with "
-            f"the area); use at most {MAX_SIDE}"
+            f"{name} {n} is above the limit of {MAX_SIDE} ({trained}memory grows with the area); use at most {MAX_SIDE}"
         )
-    if n % 16:
-        below, above = _nearest(n, 16, 16)
-        use = f"{below} or {above}" if below else f"{above}"
-        raise FieldError(f"{name} {n} is not a multiple of 16 (Mochi's transformer needs it); use {use}")
+    problem = family.size_problem(name, n)
+    if problem:
+        raise FieldError(problem)
 
 
-def _check_int(name: str, n: int) -> None:
+def _check_int(name: str, n: int, family: Family) -> None:
     if name == "num_frames":
-        _check_frames(n)
+        _check_frames(n, family)
     elif name in ("height", "width"):
-        _check_side(name, n)
+        _check_side(name, n, family)
     elif name == "num_inference_steps":
         if n < 2:
             raise FieldError(
-                f"num_inference_steps {n} is too small: diffusers' Mochi schedule needs at least 2; "
-                f"use 2 or more (default {JOB_DEFAULTS['num_inference_steps']})"
+                f"num_inference_steps {n} is too small: diffusers' {family.title} schedule needs at least 2; "
+                f"use 2 or more (default {family.defaults['num_inference_steps']})"
             )
         if n > MAX_STEPS:
             raise FieldError(
@@ -244,14 +227,16 @@ def _check_int(name: str, n: int) -> None:
     elif name == "fps":
         if not 1 <= n <= MAX_FPS:
             raise FieldError(
-                f"fps {n} is out of range; use a whole number from 1 to {MAX_FPS} (default {JOB_DEFAULTS['fps']})"
+                f"fps {n} is out of range; use a whole number from 1 to {MAX_FPS} (default {family.defaults['fps']})"
             )
 
 
-def normalise(name: str, value: object, *, textual: bool) -> str | int | float:
+def normalise(name: str, value: object, *, textual: bool, family: Family = MOCHI) -> str | int | float:
     """Check one job field and return its normalised value (str, int or float); raises FieldError with a hint.
 
     `textual`: the value comes from CSV/TXT (or a database row), where numbers are written as text.
+    `family`: the model's family (with its own size multiple: registry.rules_for_model), whose frame and size
+    rules and defaults apply.
     """
     if name in TEXT_FIELDS:
         text = to_text(name, value)
@@ -263,11 +248,11 @@ def normalise(name: str, value: object, *, textual: bool) -> str | int | float:
         if g < 1:
             raise FieldError(
                 f"guidance_scale {g:g} is below 1; use a number >= 1 (1 turns classifier-free "
-                f"guidance off; the default is {JOB_DEFAULTS['guidance_scale']})"
+                f"guidance off; the default is {family.defaults['guidance_scale']})"
             )
         return g
     n = to_int(name, value, textual=textual)
-    _check_int(name, n)
+    _check_int(name, n, family)
     return n
 
 

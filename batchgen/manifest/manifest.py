@@ -33,6 +33,8 @@ class Manifest:
     variant: str | None = None
     transformer: str | None = None
     transformer_revision: str | None = None
+    # The model's family (batchgen.engine.families) whose rules the entries were checked by; the jobs carry it.
+    family: str = "mochi"
     # Filled by expand(): (source of the dropped duplicate, source of the entry kept).
     duplicates: list[tuple[str, str]] = field(default_factory=list)
 
@@ -60,6 +62,7 @@ class Manifest:
                 revision=self.revision,
                 precision=precision,
                 **self.checkpoint,
+                family=self.family,
                 **entry.fields,
                 source=entry.source,
                 index=entry.index,

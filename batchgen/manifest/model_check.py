@@ -20,7 +20,6 @@ from pathlib import Path
 
 from batchgen.errors import ModelLoadError
 
-BUILT_IN = ("tiny", "realsize")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of HF_HUB_OFFLINE
@@ -29,7 +28,7 @@ _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of HF_HUB_OF
 def check_model(model: str, revision: str | None = None) -> None:
     """None when `model` can be loaded as far as can be told without torch or the network; else raises
     ModelLoadError (exit 2) saying what is missing and what to do."""
-    if model in BUILT_IN or builtin(model) is not None:  # every family's tiny and published-size names
+    if builtin(model) is not None:  # every family's tiny and published-size names
         return
     folder = Path(model).expanduser()
     if folder.exists() or _looks_like_path(model):

@@ -72,6 +72,9 @@ def load_manifest(
     """
     path = Path(path)
     draft = Draft(display=str(path), path=path, problems=_override_problems(model, profile))
+    if isinstance(model, str) and model.strip():
+        # Before reading: the entries follow the rules and defaults of the model's family.
+        draft.model, draft.model_source = model, "--model"
     approximate_spec = _approximate_override(approximate, draft)
     suffix = path.suffix.lower()
     if suffix in RECORD_EXTENSIONS:
@@ -139,6 +142,9 @@ def _finish(draft: Draft, suffix: str, *, model, out, profile, approximate=None)
         _raise(draft.problems)
     if model is not None:
         draft.model = model
+    family = draft.rules()  # the family the entries were checked by: the jobs carry it
+    if draft.problems:  # a model whose family cannot be told
+        _raise(draft.problems)
     if profile is not None:
         draft.profile = profile
     if approximate is not None:  # "" from --approximate none: exact, whatever the manifest says
@@ -158,4 +164,5 @@ def _finish(draft: Draft, suffix: str, *, model, out, profile, approximate=None)
         output_name_source=draft.output_name_source or draft.display,
         approximate=draft.approximate,
         **draft.checkpoint,
+        family=family.name,
     )

@@ -19,6 +19,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from batchgen.engine import approximate
+from batchgen.engine.families import FAMILIES, MOCHI, Family, UnknownFamily, builtin, rules_for_model
 from batchgen.job import CHECKPOINT_FIELDS, JOB_FIELDS, Lora
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
@@ -49,6 +50,7 @@ def load_records(state: Draft, *, profile_override: str | None = None) -> None:
     if not runs:
         return
     model = _agree(state, runs, "model")
+    family = _agree(state, runs, "family")
     revision = _agree(state, runs, "revision")
     precision = _agree(state, runs, "precision")
     checkpoint = _agree(state, runs, "checkpoint")
@@ -56,6 +58,7 @@ def load_records(state: Draft, *, profile_override: str | None = None) -> None:
         return
     state.model, state.revision = model, revision
     state.checkpoint = dict(checkpoint or ())
+    state.family = family  # as recorded: a hub model not in the cache now keeps the family it rendered with
     _pin_hub_commit(state, runs, model, revision)
     if precision.endswith("+deterministic"):
         # Deterministic kernels give other frames, so they are in the job id: only --deterministic matches.
@@ -154,12 +157,13 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
     if not ok:
         state.entry_problems += 1
         return None
+    family = _row_family(state, source, row)
     for name in JOB_FIELDS:
         value = row[name]
         if name == "negative_prompt" and value is None:
             value = ""
         try:
-            fields[name] = normalise(name, value, textual=textual)
+            fields[name] = normalise(name, value, textual=textual, family=family or MOCHI)
         except FieldError as exc:
             state.problem(f"{source}: field '{name}': {exc}")
             ok = False
@@ -172,7 +176,7 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
         if not isinstance(row[name], str) or not row[name].strip():
             state.problem(f"{source}: field '{name}': must be text, got {show(row[name])}")
             ok = False
-    if not ok:
+    if not ok or family is None:
         state.entry_problems += 1
         return None
     loras = _recorded_loras(row)
@@ -183,6 +187,7 @@ def _entry(state: Draft, source: str, row: dict, textual: bool) -> dict | None:
         "checkpoint": _recorded_checkpoint(row),
         "source": source,
         "model": row["model"],
+        "family": family.name,
         "revision": row.get("revision"),
         "precision": row["precision"],
         "profile": row.get("profile"),
@@ -205,6 +210,19 @@ def _recorded_checkpoint(row: dict) -> tuple:
         if row.get(key):
             values[key] = row[key]
     return tuple(sorted(values.items()))
+def _row_family(state: Draft, source: str, row: dict) -> Family | None:
+    """The family whose rules the row's fields follow: the one it records (rows of Mochi jobs record none),
+    checked against what its model says it is; None (the problem recorded) when they disagree."""
+    model = row["model"] if isinstance(row["model"], str) else ""
+    recorded = row.get("family") if row.get("family") is not None else MOCHI.name
+    if not isinstance(recorded, str) or recorded not in FAMILIES:
+        state.problem(f"{source}: field 'family': unknown model family {show(recorded)}; known: {', '.join(FAMILIES)}")
+        return None
+    try:
+        return rules_for_model(model, recorded)
+    except UnknownFamily as exc:
+        state.problem(f"{source}: field 'family': {exc}")
+        return None
 
 
 def _agree(state: Draft, runs: list[dict], key: str):
@@ -223,7 +241,7 @@ def _agree(state: Draft, runs: list[dict], key: str):
 def _pin_hub_commit(state: Draft, runs: list[dict], model: str, revision: str | None) -> None:
     """Render a hub model from the commit the rows record, not from wherever `revision` points today."""
     commits = {r["resolved_revision"] for r in runs if r["resolved_revision"] and _HUB_COMMIT.fullmatch(r["resolved_revision"])}
-    if not commits or model == "tiny" or Path(model).expanduser().is_dir():
+    if not commits or builtin(model) is not None or Path(model).expanduser().is_dir():
         return
     if len(commits) > 1:
         first = runs[0]

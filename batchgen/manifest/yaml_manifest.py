@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batchgen.engine.families import FAMILIES
 from batchgen.engine.profile_registry import PROFILES
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.checkpoint_keys import CHECKPOINT_KEYS, LoraProblem, parse_checkpoint_value, parse_loras
@@ -79,6 +80,9 @@ def _text_setting(data, draft: Draft, key: str, what: str) -> str | None:
 def _run_settings(data, draft: Draft, overrides: dict) -> None:
     if "model" in data and overrides.get("model") is None:
         draft.model = _text_setting(data, draft, "model", "a hub id (e.g. genmo/mochi-1-preview), a local folder or 'tiny'") or draft.model
+        draft.model_source = _loc(data, draft, "model")
+    if "family" in data and data["family"] is not None:
+        _family(data, draft)
     if "revision" in data:
         what = "a branch, tag or commit as text; put it in quotes (a commit hash can read as a number)"
         draft.revision = _text_setting(data, draft, "revision", what)
@@ -115,6 +119,19 @@ def _run_settings(data, draft: Draft, overrides: dict) -> None:
                 draft.checkpoint[key] = parse_checkpoint_value(key, data[key])
             except LoraProblem as exc:
                 draft.problem(f"{_loc(data, draft, key)}: field '{key}': {exc}")
+
+
+def _family(data, draft: Draft) -> None:
+    value = data["family"]
+    if value in FAMILIES:
+        draft.family = value
+        if not draft.model_source:
+            draft.model_source = _loc(data, draft, "family")
+        return
+    draft.problem(
+        f"{_loc(data, draft, 'family')}: field 'family': unknown model family {show(value)}{suggest(value, FAMILIES)} "
+        "(it is needed only for a hub id whose model_index.json is not in the local cache)"
+    )
 
 
 def _output_name(data, draft: Draft) -> None:

@@ -51,6 +51,7 @@ def gallery_items(store) -> list[dict]:
             "seed": str(row["seed"]),
             **{k: row[k] for k in _SETTINGS},
             "model": row["model"],
+            "family": row.get("family") or "mochi",  # rows from before families (m008) are Mochi's
             "profile": row.get("profile") or "",
             "precision": row["precision"],
             "render_seconds": row.get("render_seconds"),

@@ -40,6 +40,7 @@ def metadata_row(out: Path, job: Job, path: Path, rendered, renderer, sha256: st
         "guidance_scale": job.guidance_scale,
         "fps": job.fps,
         "model": job.model,
+        "family": job.family,
         "revision": job.revision,
         "resolved_revision": loaded.revision,
         "profile": renderer.profile,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from batchgen.engine import approximate
-from batchgen.engine import determinism
+from batchgen.engine import determinism, families
 from batchgen.engine import fingerprint
 from batchgen.engine import profiles
 from batchgen.errors import BatchgenError
@@ -196,7 +196,7 @@ def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: 
     resolved = recorded.get("resolved_revision") or ""
     revision = job.revision
     # A hub model is loaded at the commit it was rendered from, not wherever its branch points today.
-    if _HUB_COMMIT.fullmatch(resolved) and job.model != "tiny" and not Path(job.model).expanduser().is_dir():
+    if _HUB_COMMIT.fullmatch(resolved) and families.builtin(job.model) is None and not Path(job.model).expanduser().is_dir():
         revision = resolved
     wanted = recorded.get("deterministic", {}).get("deterministic_algorithms", False) if full else False
     return _Plan(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batchgen.engine import approximate, checkpoints, lora
 from batchgen.engine import determinism
-from batchgen.engine import profile_registry, profiles
+from batchgen.engine import families, profile_registry, profiles
 from batchgen.engine.environment import check_device
 from batchgen.errors import BatchgenError
 from batchgen.job import Job
@@ -154,9 +154,9 @@ def _run(ctx: RunContext, jobs: list[Job], runner) -> None:
         return
     log(f"batchgen: profile '{choice.name}' ({choice.reason}); {ctx.pending} job(s) to render, "
         f"{standing.ours['done']} already done")
-    if choice.device == "cpu" and ctx.model != "tiny":
-        log("batchgen: warning: no CUDA device; a full-size Mochi model on the CPU takes hours per video. "
-            "Use `model: tiny` to try batchgen, or run on a CUDA machine.")
+    if choice.device == "cpu" and not families.is_tiny(ctx.model):
+        log("batchgen: warning: no CUDA device; a full-size video model on the CPU takes hours per video. "
+            "Use `model: tiny` (or tiny-wan, tiny-ltx) to try batchgen, or run on a CUDA machine.")
     if profile_registry.get(choice.name).compiles:
         # Inductor's cache beside the batch: a resumed run (and every worker) reuses the compiled kernels.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "cache" / "inductor"))

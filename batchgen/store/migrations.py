@@ -161,3 +161,10 @@ def m007_checkpoints(db: sqlite_utils.Database) -> None:
         index_name="idx_jobs_claim_order_lora",
         if_not_exists=True,
     )
+
+
+@migration
+def m008_family(db: sqlite_utils.Database) -> None:
+    # The job's model family (batchgen.engine.families): part of non-Mochi job ids, so a row read back must
+    # keep it. NULL in rows from before families: Mochi.
+    db["jobs"].add_column("family", str)

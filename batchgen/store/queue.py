@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 from batchgen.errors import StoreError
-from batchgen.job import Job, Lora, checkpoint_key, lora_set_key
+from batchgen.job import MOCHI_FAMILY, Job, Lora, checkpoint_key, lora_set_key
 from batchgen.store.migrations import MIGRATIONS_TABLE, migrate
 
 DB_NAME = "batchgen.db"
@@ -42,6 +42,7 @@ def job_row(job: Job, position: int) -> dict:
         "model": job.model,
         "revision": job.revision,
         "precision": job.precision,
+        "family": job.family,
         "output_name": job.output_name,
         "source": job.source,
         "idx": job.index,
@@ -67,6 +68,7 @@ def row_to_job(row: dict) -> Job:
         model=row["model"],
         revision=row["revision"],
         precision=row["precision"],
+        family=row.get("family") or MOCHI_FAMILY,  # rows from before families (m008) are Mochi's
         source=row["source"] or "",
         index=row["idx"] or 0,
         output_name=row["output_name"],

@@ -16,10 +16,11 @@ from batchgen.engine.families.registry import (
     family_for_class,
     family_for_model,
     get,
+    is_tiny,
     rules_for_model,
 )
 
 __all__ = [
     "FAMILIES", "LTX", "MOCHI", "WAN", "Family", "FamilyRuleError", "Memory", "UnknownFamily", "builtin",
-    "family_for_class", "family_for_model", "get", "rules_for_model",
+    "family_for_class", "family_for_model", "get", "is_tiny", "rules_for_model",
 ]

@@ -112,8 +112,34 @@ def builtin(model: str) -> Family | None:
     return _BY_BUILTIN_NAME.get(model)
 
 
-def family_for_model(model: str) -> Family:
-    """The family `model` (a built-in name, a local pipeline folder or a hub id) belongs to."""
+def is_tiny(model: str) -> bool:
+    """Whether `model` is one of the tiny random-weight pipelines (tiny, tiny-wan, tiny-ltx): CPU-sized."""
+    found = builtin(model)
+    return found is not None and model == found.tiny
+
+
+def family_for_model(model: str, declared: str | None = None) -> Family:
+    """The family `model` (a built-in name, a local pipeline folder or a hub id) belongs to.
+
+    `declared` is the manifest's `family:`: it decides only for a hub id whose model_index.json is not in
+    the local cache (the loader checks it against the downloaded one); where the model says its own family,
+    a different `declared` is refused."""
+    wanted = get(declared) if declared is not None else None
+    found = _own_family(model)
+    if found is not None:
+        if wanted is not None and wanted is not found:
+            raise UnknownFamily(
+                f"model {model!r} is a {found.title} model ({found.name}), not {wanted.title}: remove `family:` "
+                f"or set it to {found.name}"
+            )
+        return found
+    if wanted is not None:
+        return wanted
+    return _HUB_OWNERS.get(model.split("/", 1)[0].lower(), MOCHI) if model.count("/") == 1 else MOCHI
+
+
+def _own_family(model: str) -> Family | None:
+    """The family the model itself names (built-in name, model_index.json); None when it cannot tell yet."""
     found = builtin(model)
     if found is not None:
         return found
@@ -121,13 +147,13 @@ def family_for_model(model: str) -> Family:
     index = folder / "model_index.json" if folder.is_dir() else _cached_index(model)
     if index is not None and index.is_file():
         return _from_index(index, model)
-    return _HUB_OWNERS.get(model.split("/", 1)[0].lower(), MOCHI) if model.count("/") == 1 else MOCHI
+    return None
 
 
-def rules_for_model(model: str) -> Family:
+def rules_for_model(model: str, declared: str | None = None) -> Family:
     """`model`'s family, with the size multiple of this very model where the family's models differ in it
     (Wan 2.2 5B: 32, from its saved VAE and transformer configs, or its published-size config)."""
-    family = family_for_model(model)
+    family = family_for_model(model, declared)
     side = _spatial_of(family, model)
     if side is None or side == family.size_multiple:
         return family
