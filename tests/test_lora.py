@@ -176,3 +176,14 @@ def test_the_gallery_names_each_jobs_loras(tmp_path, loras):
         store.close()
     assert shown == {"fox": "LoRA style@0.5", "owl": ""}
     assert "LoRA style@0.5" in (out / "index.html").read_text(encoding="utf-8")
+
+
+def test_doctor_names_the_layers_of_a_lora_made_for_another_model(tmp_path, loras):
+    good = _manifest(tmp_path, f"  - {{prompt: fox, loras: [{{path: {loras['a']}}}]}}\n")
+    result = run_cli("doctor", "--manifest", good)
+    assert "OK    LoRA layers" in result.output, result.output
+    (tmp_path / "b").mkdir()
+    bad = _manifest(tmp_path / "b", f"  - {{prompt: fox, loras: [{{path: {loras['alien']}}}]}}\n")
+    result = run_cli("doctor", "--manifest", bad)
+    assert result.exit_code == 1
+    assert "FAIL  LoRA layers" in result.output and "attn1.to_qq" in result.output

@@ -53,4 +53,54 @@ def check_manifest(manifest) -> list[Check]:
     loras = {lo.sha256: lo for e in manifest.entries for lo in e.fields.get("loras", ())}
     if loras:
         checks.append(Check("LoRA files", OK, f"{len(loras)} distinct LoRA file(s), each found and hashed"))
+        checks.append(check_lora_layers(manifest, list(loras.values())))
     return checks
+
+
+def _transformer_layers(manifest) -> set[str] | None:
+    """The layer names of the transformer the batch loads, built on the meta device from its config (no
+    weights read); None when its config is not at hand (a hub model not in the cache)."""
+    import torch
+    from diffusers import MochiTransformer3DModel
+
+    if manifest.model == "tiny" and not manifest.transformer:
+        from batchgen.engine.loading import build_tiny_pipeline
+
+        config = dict(build_tiny_pipeline().transformer.config)
+    else:
+        config = checkpoints.transformer_config(manifest.transformer or manifest.model, manifest.transformer_revision
+                                                if manifest.transformer else manifest.revision)
+    if not config:
+        return None
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k != "quantization_config"}
+    with torch.device("meta"):
+        model = MochiTransformer3DModel.from_config(config)
+    return {name for name, _ in model.named_modules()}
+
+
+def check_lora_layers(manifest, loras: list) -> Check:
+    """Every LoRA's layers against the transformer's, before a long batch finds out at its first LoRA job."""
+    from safetensors import safe_open
+
+    from batchgen.engine.lora import lora_layers
+
+    try:
+        have = _transformer_layers(manifest)
+    except Exception as exc:  # a config this diffusers cannot build: say so rather than guess
+        return Check("LoRA layers", WARN, f"could not build the transformer's layer list ({type(exc).__name__})")
+    if have is None:
+        return Check("LoRA layers", WARN, "the transformer's config is not in the cache: LoRA layers not checked")
+    bad = []
+    for lo in loras:
+        path = Path(lo.source)
+        file = path / (lo.weight_name or "pytorch_lora_weights.safetensors") if path.is_dir() else path
+        if not file.is_file():
+            continue  # a hub LoRA: validate found it in the cache by name; its layers are checked on load
+        with safe_open(str(file), framework="pt") as handle:
+            missing = sorted(lora_layers(handle.keys()) - have)
+        if missing:
+            bad.append(f"{lo.source}: {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if bad:
+        return Check("LoRA layers", FAIL, "layers the transformer does not have: " + "; ".join(bad),
+                     "use LoRAs made for this model", True)
+    return Check("LoRA layers", OK, f"every layer of the {len(loras)} LoRA(s) is in the transformer")

@@ -55,9 +55,10 @@ class LoraState:
     active: tuple = ()
 
 
-def _module_names(state_dict: dict) -> set[str]:
+def lora_layers(keys) -> set[str]:
+    """The transformer layers a LoRA's weight names (diffusers' or peft's format) point at."""
     names = set()
-    for key in state_dict:
+    for key in keys:
         stem = key.split(".lora_A")[0].split(".lora_B")[0].split(".lora_down")[0].split(".lora_up")[0]
         names.add(stem.removeprefix(_PREFIX))
     return names
@@ -66,7 +67,7 @@ def _module_names(state_dict: dict) -> set[str]:
 def check_matches(pipe, lora, state_dict: dict, *, modulation_detached: bool) -> None:
     """Refuse a LoRA naming layers the transformer lacks (or that precomputed modulation took out)."""
     have = dict(pipe.transformer.named_modules())
-    wanted = _module_names(state_dict)
+    wanted = lora_layers(state_dict)
     missing = sorted(n for n in wanted if n not in have)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
