@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.errors import ModelLoadError
+from batchgen.outputs.atomic import sha256_file
 
 TINY = "tiny"
 REALSIZE = "realsize"
@@ -119,14 +120,6 @@ def weights_hash(pipe) -> str:
     return digest.hexdigest()
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_hash(path: Path) -> str:
     """Content hash of a local pipeline folder: every file's relative path and bytes."""
     digest = hashlib.sha256()
@@ -183,7 +176,7 @@ def _load_with_checkpoint(model: str, revision: str | None, load_kwargs: dict, c
         kwargs["transformer"] = checkpoints.load_transformer(source, asked, load_kwargs, base_model=model)
         folder = checkpoints.transformer_folder(source)
         if checkpoints.is_single_file(source):
-            transformer_revision = "sha256-" + file_hash(Path(source).expanduser())[:16]
+            transformer_revision = "sha256-" + sha256_file(Path(source).expanduser())[:16]
         elif folder is not None:
             transformer_revision = "sha256-" + folder_hash(folder)[:16]
         else:

@@ -11,11 +11,11 @@ pytorch_lora_weights.safetensors), `scale` (default 1.0, from -SCALE_LIMIT to SC
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from batchgen.job import Lora
 from batchgen.manifest.fields import show
+from batchgen.outputs.atomic import sha256_file
 
 CHECKPOINT_KEYS = ("variant", "transformer", "transformer_revision")
 LORA_KEYS = ("path", "repo", "weight_name", "scale", "adapter_name")
@@ -68,7 +68,7 @@ def _one(item: object, base: Path) -> Lora:
         source, file = _local(item["path"], weight_name, base)
     else:
         source, file = _cached(item["repo"], weight_name)
-    return Lora(source=source, scale=scale, weight_name=weight_name, adapter_name=adapter, sha256=_hash(file))
+    return Lora(source=source, scale=scale, weight_name=weight_name, adapter_name=adapter, sha256=sha256_file(file)[:16])
 
 
 def _scale(value: object) -> float:
@@ -109,14 +109,6 @@ def _check_local_transformer(value: str) -> None:
     if looks_local and not path.exists():
         raise LoraProblem(f"{value} not found (looked for {path.absolute()}); give a local folder, a .safetensors "
                           "file or a hub id such as owner/name")
-
-
-def _hash(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def parse_checkpoint_value(key: str, value: object) -> str:
