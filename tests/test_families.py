@@ -307,12 +307,12 @@ def test_ltx_frame_rate_decides_pixels():
 def test_profiles_a_family_has_not_got_are_refused():
     from batchgen.engine.renderer import Renderer
 
-    assert MOCHI.profile_problem("group-offload") is None
-    problem = WAN.profile_problem("group-offload")
-    assert "group-offload" in problem and "Wan" in problem and "'cpu'" in problem
+    assert MOCHI.profile_problem("fp8-attn") is None and WAN.profile_problem("group-offload") is None
+    problem = WAN.profile_problem("fp8-fast")
+    assert "fp8-fast" in problem and "Wan" in problem and "'resident'" in problem
     r = Renderer("tiny-wan", progress=False)
-    r.profile = "offload"  # as if chosen on a GPU machine: refused before anything is placed
-    with pytest.raises(BatchgenError, match="'offload' does not apply to Wan"):
+    r.profile = "fp8-attn"  # as if chosen on a GPU machine: refused before anything is placed
+    with pytest.raises(BatchgenError, match="'fp8-attn' does not apply to Wan"):
         r.load()
 
 

@@ -195,7 +195,7 @@ def test_auto_is_sized_to_the_batchs_largest_job(tmp_path, monkeypatch):
     )
     seen = {}
 
-    def fake_resolve(profile, device=None, *, largest=None):
+    def fake_resolve(profile, device=None, *, largest=None, **family):
         seen["largest"] = largest
         return profiles.ProfileChoice("cpu", "cpu", "test")
 

@@ -1,7 +1,8 @@
-"""torch.compile of Mochi's transformer blocks, one graph per block, reused by all 48.
+"""torch.compile of a transformer's repeated blocks, one graph per block, reused by all of them (Mochi's 48).
 
 Mochi declares no `_repeated_blocks`, so diffusers' `compile_repeated_blocks()` refuses it; this does the
-same by hand. Blocks compile with `fullgraph=True` (needs batchgen.engine.attention's processor: diffusers' own
+same by hand, for every family (Wan's and LTX-Video's `_repeated_blocks` name the very blocks their
+Family.blocks holds), so that one path owns the recompile limit and the undoing. Blocks compile with `fullgraph=True` (needs batchgen.engine.attention's processor: diffusers' own
 breaks the graph at `torch.nonzero`) and `dynamic=False`: one compiled graph per video shape, built on the
 first step of the first job of that shape and reused by every later step and job of the shape, which is
 why a batch renders jobs of one shape together. The compile time is paid on that first step; callers
@@ -38,11 +39,12 @@ def _raise_recompile_limit() -> None:
             setattr(config, name, RECOMPILE_LIMIT)
 
 
-def compile_blocks(transformer, mode: str | None = None, *, fullgraph: bool = True, dynamic: bool = False) -> CompileStats:
-    """Compile every `transformer.transformer_blocks[i]` in place (lazily: the work happens on the first
+def compile_blocks(transformer, blocks_attr: str = "transformer_blocks", mode: str | None = None, *,
+                   fullgraph: bool = True, dynamic: bool = False) -> CompileStats:
+    """Compile every block of `transformer.<blocks_attr>` in place (lazily: the work happens on the first
     forward of each shape). `mode` is torch.compile's (None, "max-autotune-no-cudagraphs", ...)."""
     _raise_recompile_limit()
-    blocks = transformer.transformer_blocks
+    blocks = getattr(transformer, blocks_attr)
     for block in blocks:
         block.compile(fullgraph=fullgraph, dynamic=dynamic, mode=mode)
     state(transformer).compiled = True
@@ -56,9 +58,9 @@ def compile_blocks(transformer, mode: str | None = None, *, fullgraph: bool = Tr
     )
 
 
-def uncompile_blocks(transformer) -> None:
+def uncompile_blocks(transformer, blocks_attr: str = "transformer_blocks") -> None:
     """Back to eager blocks (the compiled graphs stay in dynamo's cache until reset)."""
-    for block in transformer.transformer_blocks:
+    for block in getattr(transformer, blocks_attr):
         block._compiled_call_impl = None
     state(transformer).compiled = False
 

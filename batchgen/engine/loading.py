@@ -225,6 +225,11 @@ def _load_family(family, model: str, revision: str | None, load_kwargs: dict) ->
 
         if not torch.cuda.is_available():
             raise ModelLoadError(f"model {model!r} (published-size random weights, for benchmarks) needs a CUDA GPU.")
+        if load_kwargs.get("quantization_config") is not None:
+            raise ModelLoadError(
+                f"model {model!r} is built in bf16 on the GPU and cannot be quantized on load: use profile "
+                "resident, fast, group-offload or fp8, or save it with save_pretrained and load that folder."
+            )
         pipe = builders.build_realsize(model, "cuda")
         resolved = f"{model}-random-seed0"
     else:

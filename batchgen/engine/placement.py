@@ -7,6 +7,7 @@ profile that combines existing placements and weights needs no edit here.
 from __future__ import annotations
 
 from batchgen import settings
+from batchgen.engine.families import MOCHI, Family
 from batchgen.engine.module_state import state
 from batchgen.engine.profile_registry import get as _declared
 
@@ -124,33 +125,39 @@ def _resident_block_indices(num_blocks: int, keep: int) -> list[int]:
     return sorted({int((i + 0.5) * num_blocks / keep) for i in range(keep)})
 
 
-def _group_offload(transformer, device: str, resident_gib: float) -> int:
+def _group_offload(transformer, device: str, resident_gib: float, family: Family = MOCHI) -> int:
     """Block-level group offloading with CUDA streams, some blocks kept resident. Returns how many."""
     import torch
 
-    blocks = transformer.transformer_blocks
+    blocks = getattr(transformer, family.blocks)
     block_bytes = sum(p.numel() * p.element_size() for p in blocks[0].parameters())
     keep = set(_resident_block_indices(len(blocks), int(resident_gib * 2**30 // max(block_bytes, 1))))
     # Hooks are only built for what the module tree holds while they are applied: hand diffusers a list of
     # the streamed blocks alone, then put the full list back. The resident ones run unhooked in between.
-    transformer.transformer_blocks = torch.nn.ModuleList([b for i, b in enumerate(blocks) if i not in keep])
-    # The timestep/caption embedder stays resident too (0.1 GiB): precomputed modulation calls it outside
-    # the transformer's forward, where diffusers' hooks would not have brought it in.
-    time_embed = transformer.time_embed
-    transformer.time_embed = None
+    setattr(transformer, family.blocks, torch.nn.ModuleList([b for i, b in enumerate(blocks) if i not in keep]))
+    # Mochi's timestep/caption embedder stays resident too (0.1 GiB): precomputed modulation calls it
+    # outside the transformer's forward, where diffusers' hooks would not have brought it in. Other
+    # families call every embedder inside the forward: diffusers streams them with the rest.
+    time_embed = transformer.time_embed if family.own_levers else None
+    if time_embed is not None:
+        transformer.time_embed = None
     try:
         _stream_blocks(transformer, device)
     finally:
-        transformer.transformer_blocks = blocks
-        transformer.time_embed = time_embed
-    time_embed.to(device)
+        setattr(transformer, family.blocks, blocks)
+        if time_embed is not None:
+            transformer.time_embed = time_embed
+    if time_embed is not None:
+        time_embed.to(device)
     for i in keep:
         blocks[i].to(device)
     return len(keep)
 
 
-def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling: bool = True) -> None:
-    """Phase two: the transformer and VAE placed for the whole batch."""
+def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling: bool = True,
+                     family: Family = MOCHI) -> None:
+    """Phase two: the transformer and VAE placed for the whole batch. A family without batchgen's own
+    levers (Family.own_levers) keeps diffusers' attention processor and its AdaLN layers in place."""
     import torch
 
     if vae_tiling:
@@ -165,7 +172,7 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
         from batchgen.engine.int8_linear import convert
 
         done.int8_linears = convert(transformer)
-    if modulation.enabled(profile):
+    if family.own_levers and modulation.enabled(profile):
         # Before any placement, so the AdaLN layers never take GPU memory (see modulation.py). detach takes
         # plain and batchgen's int8 layers only, so bitsandbytes' own (LLM.int8) stay where they are.
         modulation.detach(transformer)
@@ -177,7 +184,9 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     # installed, which changes pixels.
     from batchgen.engine import attention
 
-    if done.attention is None and declared.attention == "fp8":
+    if not family.own_levers:
+        pass  # diffusers' own processor: the same pixels on every placement of the family
+    elif done.attention is None and declared.attention == "fp8":
         from batchgen.engine import fp8_attention
 
         fp8_attention.install_profile_recipe(pipe.transformer)
@@ -192,7 +201,7 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     pipe.vae.to(device)
     if declared.placement == "group-offload":
         if not _has_group_offload(transformer):
-            done.resident_blocks = _group_offload(transformer, device, settings.group_offload_resident_gib())
+            done.resident_blocks = _group_offload(transformer, device, settings.group_offload_resident_gib(), family)
         return
     if declared.weights == "fp8-storage":
         if not done.fp8_storage:
@@ -211,10 +220,10 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
         from batchgen.engine.compile import compile_blocks
 
         # Compiled once per shape on first use; jobs of one shape run together, so it is paid once.
-        compile_blocks(transformer)
+        compile_blocks(transformer, family.blocks)
 
 
-def teardown_denoiser(pipe, profile: str) -> None:
+def teardown_denoiser(pipe, profile: str, family: Family = MOCHI) -> None:
     """Undo `prepare_denoiser` far enough that another profile can be prepared (OOM step-down)."""
     import gc
 
@@ -227,7 +236,7 @@ def teardown_denoiser(pipe, profile: str) -> None:
     if state(pipe.transformer).compiled:
         from batchgen.engine.compile import uncompile_blocks
 
-        uncompile_blocks(pipe.transformer)
+        uncompile_blocks(pipe.transformer, family.blocks)
     if declared.placement == "model-offload":
         pipe.remove_all_hooks()
         pipe.transformer.to("cpu")

@@ -30,8 +30,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from batchgen import settings
+
+if TYPE_CHECKING:
+    from batchgen.engine.families import Memory
 
 
 @dataclass(frozen=True)
@@ -174,13 +178,41 @@ def denoiser_gib(profile: str) -> float:
     return p.denoiser_gib + (settings.group_offload_resident_gib() if p.plus_resident_blocks else 0.0)
 
 
-def estimate_peak_gib(profile: str, num_frames: int = 163, height: int = 480, width: int = 848) -> float:
-    """Rough peak VRAM of rendering one video under `profile`; what `auto` compares with free memory."""
+def estimate_peak_gib(profile: str, num_frames: int = 163, height: int = 480, width: int = 848,
+                      memory: "Memory | None" = None, weights_gib: float | None = None) -> float:
+    """Rough peak VRAM of rendering one video under `profile`; what `auto` compares with free memory.
+
+    Without `memory` it is Mochi's model, fitted on the H100. With a family's Memory (and `weights_gib`, the
+    bf16 denoiser's GiB, when the model's own size is known) it is that family's: the profile's share of
+    the weights on the GPU, plus activations and the decode per thousand latent tokens."""
     if not get(profile).needs_cuda:
         raise KeyError(f"profile {profile!r} does not render on a GPU")
+    if memory is not None:
+        return _family_peak_gib(get(profile), memory, num_frames, height, width, weights_gib)
     weights = denoiser_gib(profile)
     denoise = weights + _ACTIVATION_GIB_PER_KTOKEN * latent_tokens(num_frames, height, width) / 1000
     decode = weights + _DECODE_GIB if get(profile).decodes_beside_denoiser else _DECODE_GIB
+    return max(denoise, decode) + _MARGIN_GIB
+
+
+# GPU bytes per bf16 byte of denoiser weights, by how a profile stores them (nf4: 4-bit linears plus their
+# scales, the norms and embeddings left in bf16).
+_WEIGHT_SHARE = {"bf16": 1.0, "fp8-storage": 0.5, "int8": 0.5, "nf4": 0.3}
+_IN_FLIGHT_GIB = 1.0  # group offload: the embedders and the blocks being copied, beyond the resident ones
+
+
+def _family_peak_gib(p: Profile, memory: "Memory", frames: int, height: int, width: int,
+                     weights_gib: float | None) -> float:
+    full = weights_gib if weights_gib is not None else memory.denoiser_params_b * 1e9 * 2 / 2**30
+    if p.placement == "group-offload":
+        on_gpu = settings.group_offload_resident_gib() + _IN_FLIGHT_GIB
+    else:
+        on_gpu = full * _WEIGHT_SHARE.get(p.weights, 1.0)
+    ktokens = memory.latent_tokens(frames, height, width) / 1000
+    vae = memory.vae_params_b * 1e9 * 2 / 2**30
+    denoise = on_gpu + (memory.activation_gib_per_ktoken or _ACTIVATION_GIB_PER_KTOKEN) * ktokens
+    decode_beside = on_gpu if p.decodes_beside_denoiser else 0.0
+    decode = decode_beside + vae + (memory.decode_gib_per_ktoken or 0.0) * ktokens
     return max(denoise, decode) + _MARGIN_GIB
 
 

@@ -6,6 +6,7 @@ placement on the device is placement.py's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from batchgen.engine.profile_registry import (
     AUTO,
@@ -20,10 +21,11 @@ from batchgen.engine.profile_registry import (
     latent_tokens,
     precision,
 )
+from batchgen.engine.families import Family, Memory
 from batchgen.errors import BatchgenError
 
 # What run/, the renderer and the tests use from here: the registry's questions (re-exported) and the choice.
-__all__ = ["PROFILES", "REGISTRY", "ProfileChoice", "choose_auto", "estimate_peak_gib", "fallback", "int8_hint",
+__all__ = ["PROFILES", "REGISTRY", "FamilyMemory", "ProfileChoice", "choose_auto", "family_memory", "estimate_peak_gib", "fallback", "int8_hint",
            "int8_kernel_switched", "latent_tokens", "precision", "resolve"]
 
 
@@ -34,16 +36,59 @@ class ProfileChoice:
     reason: str
 
 
+@dataclass(frozen=True)
+class FamilyMemory:
+    """The memory model `auto` uses for a model of a family without batchgen's own levers: its published
+    configs' figures, each with the bf16 denoiser GiB of this very model where known. The estimate is the
+    largest over them: a folder's config is not matched to a published one, so it is sized conservatively."""
+
+    family: Family
+    candidates: tuple[tuple[Memory, float | None], ...]
+
+    def peak_gib(self, profile: str, num_frames: int, height: int, width: int) -> float:
+        return max(estimate_peak_gib(profile, num_frames, height, width, memory, weights)
+                   for memory, weights in self.candidates)
+
+
+def family_memory(family: Family | None, model: str | None) -> FamilyMemory | None:
+    """`model`'s memory model when its family has one of its own (None for Mochi: the registry's)."""
+    if family is None or family.own_levers or not family.memory:
+        return None
+    if model in family.memory:
+        return FamilyMemory(family, ((family.memory[model], None),))
+    size = _transformer_bytes(model) if model else None
+    weights = size / 2**30 if size else None
+    return FamilyMemory(family, tuple((memory, weights) for memory in family.memory.values()))
+
+
+def _transformer_bytes(model: str) -> int | None:
+    """Bytes of the transformer's weight files in a local folder or a hub id's cached snapshot."""
+    root = Path(model).expanduser()
+    if not root.is_dir() and model.count("/") == 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model, "model_index.json")
+        except Exception:  # an id the hub library refuses is simply not cached
+            found = None
+        root = Path(found).parent if isinstance(found, str) else root
+    files = list((root / "transformer").glob("*.safetensors")) if root.is_dir() else []
+    return sum(f.stat().st_size for f in files) or None
+
+
 def resolve(
     profile: str,
     device: str | None = None,
     *,
     largest: tuple[int, int, int] | None = None,
+    family: Family | None = None,
+    model: str | None = None,
 ) -> ProfileChoice:
     """Turn `auto` (or a profile that cannot run here) into a concrete profile, saying why.
 
     `largest` is (num_frames, height, width) of the batch's biggest job; without it auto assumes Mochi's
-    longest video (163 frames at 480x848).
+    longest video (163 frames at 480x848), or the family's default video. `family` and `model` give `auto`
+    the memory model of a family other than Mochi.
     """
     import torch
 
@@ -58,6 +103,9 @@ def resolve(
         return ProfileChoice(cpu, "cpu", "no CUDA device")
     if profile == cpu:
         return ProfileChoice(cpu, "cpu", "asked for")
+    refused = family.profile_problem(profile) if family is not None and profile != AUTO else None
+    if refused:
+        raise BatchgenError(refused)
     if profile != AUTO and REGISTRY[profile].needs_fp8_cores:
         from batchgen.engine.fp8_matmul import supported
 
@@ -74,31 +122,37 @@ def resolve(
     if profile != AUTO:
         return ProfileChoice(profile, device, "asked for")
     free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return choose_auto(free / 2**30, device, largest)
+    return choose_auto(free / 2**30, device, largest, family_memory(family, model))
 
 
-def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | None = None) -> ProfileChoice:
-    """The fastest bf16 profile whose estimated peak fits `free_gib`; the last resort (nf4) when none does."""
+def choose_auto(free_gib: float, device: str, largest: tuple[int, int, int] | None = None,
+                memory: FamilyMemory | None = None) -> ProfileChoice:
+    """The fastest bf16 profile whose estimated peak fits `free_gib`; the last resort (nf4) when none does.
+    `memory`: the family's memory model (family_memory), None for Mochi's."""
+    if largest is None and memory is not None:
+        largest = tuple(memory.family.defaults[k] for k in ("num_frames", "height", "width"))
     frames, height, width = largest or (163, 480, 848)
     size = f"{frames} frames at {height}x{width}"
+
+    def peak(name: str) -> float:
+        return memory.peak_gib(name, frames, height, width) if memory else estimate_peak_gib(name, frames, height, width)
+
     order = auto_order()
     for name in order:
-        need = estimate_peak_gib(name, frames, height, width)
+        need = peak(name)
         if need <= free_gib:
             if name == order[0]:
                 why = f"{free_gib:.1f} GiB free, {name} needs ~{need:.0f} GiB for {size}: bf16 denoiser kept on the GPU"
             else:
-                rneed = estimate_peak_gib(order[0], frames, height, width)
                 why = (
-                    f"{free_gib:.1f} GiB free, {order[0]} would need ~{rneed:.0f} GiB for {size}: "
+                    f"{free_gib:.1f} GiB free, {order[0]} would need ~{peak(order[0]):.0f} GiB for {size}: "
                     f"{REGISTRY[name].summary} (~{need:.0f} GiB, same pixels, a little slower)"
                 )
             return ProfileChoice(name, device, why)
     last = auto_last_resort()
-    need = estimate_peak_gib(last, frames, height, width)
     return ProfileChoice(
         last,
         device,
         f"{free_gib:.1f} GiB free, even {order[-1]} needs more for {size}: {REGISTRY[last].summary} denoiser "
-        f"(~{need:.0f} GiB, different pixels)",
+        f"(~{peak(last):.0f} GiB, different pixels)",
     )

@@ -63,6 +63,16 @@ def _quiet_diffusers() -> None:
     warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
 
 
+def _family_of(model: str, pipeline) -> families.Family | None:
+    """The family a renderer's model belongs to before it is loaded (None when it cannot be told)."""
+    if pipeline is not None:
+        return family_for_class(type(pipeline).__name__) or MOCHI
+    try:
+        return families.family_for_model(model)
+    except families.UnknownFamily:
+        return None  # loading names the class it cannot render
+
+
 def cpu_threads() -> int:
     """Threads for the cpu profile: BATCHGEN_CPU_THREADS, default 1 (the tiny model gains little from more)."""
     return settings.cpu_threads()
@@ -96,7 +106,8 @@ class Renderer:
         self.approximate = approximate
         # What is loaded beside the model (engine/checkpoints.py): variant, transformer, its revision.
         self.checkpoint = dict(checkpoint or {})
-        self.choice = profiles.resolve(profile, device, largest=largest)
+        self.choice = profiles.resolve(profile, device, largest=largest, family=_family_of(model, pipeline),
+                                       model=model)
         self.profile = self.choice.name
         self.device = self.choice.device
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -248,7 +259,7 @@ class Renderer:
         compiles = " (the first job of each shape also compiles)" if declared(self.profile).compiles else ""
         self.on_phase(f"placing the denoiser for profile '{self.profile}'{compiles}")
         placement.release_text_encoder(pipe)
-        placement.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling)
+        placement.prepare_denoiser(pipe, self.profile, self.device, self.quality, self.vae_tiling, self.family)
         approximate_hooks.apply(pipe, self.approximate)
         self._denoiser_ready = True
         if self.device.startswith("cuda"):
@@ -271,7 +282,7 @@ class Renderer:
         old = self.profile
         if self.loaded is not None:
             if self._denoiser_ready:
-                placement.teardown_denoiser(self.pipe, old)
+                placement.teardown_denoiser(self.pipe, old, self.family)
             else:
                 placement.release_text_encoder(self.pipe)
         self._denoiser_ready = False

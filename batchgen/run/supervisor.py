@@ -48,7 +48,11 @@ def plan(
         key=lambda shape: profiles.latent_tokens(*shape),
         default=None,
     )
-    choice = profiles.resolve(manifest.profile, device, largest=largest)
+    try:
+        choice = profiles.resolve(manifest.profile, device, largest=largest, family=families.get(manifest.family),
+                                  model=manifest.model)
+    except BatchgenError as exc:  # a profile the model's family cannot take: the manifest's field
+        raise BatchgenError(f"{manifest.path}: field 'profile': {exc}") from None
     refused = approximate.check_profile(manifest.approximate, choice.name)
     if refused:
         raise BatchgenError(f"{manifest.path}: field 'approximate': {refused}. Pick one of those with --profile "

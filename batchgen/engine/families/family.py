@@ -32,6 +32,9 @@ class Memory:
     text_encoder_params_b: float
     vae_params_b: float
     activation_gib_per_ktoken: float | None = None
+    # GiB the VAE decode takes per thousand latent tokens beside the weights (Mochi's time-chunked decode is
+    # flat and is the registry's own figure: None).
+    decode_gib_per_ktoken: float | None = None
 
     def latent_tokens(self, num_frames: int, height: int, width: int) -> int:
         """Tokens the transformer attends over for one video of this shape."""
@@ -64,6 +67,13 @@ class Family:
     # Memory profiles (profile_registry names) that apply; () for every declared one (Mochi, whose levers
     # they are).
     profiles: tuple[str, ...] = ()
+    # The transformer's attribute holding its repeated blocks (the ones `_repeated_blocks` names): what
+    # group offloading streams one at a time and `fast` compiles one graph for.
+    blocks: str = "transformer_blocks"
+    # batchgen's own levers, written for Mochi's modules: its attention processor (attention.py,
+    # fp8_attention.py), precomputed AdaLN modulation (modulation.py), the chunked VAE decode
+    # (renderer.decode_video). A family without them gets diffusers' generic ones only.
+    own_levers: bool = False
     memory: dict[str, Memory] = field(default_factory=dict)  # by published-size config name
     tiny: str = ""  # the `model:` name of its tiny random-weight pipeline
     realsize: tuple[str, ...] = ()  # `model:` names of its published-size random configs (GPU benchmarks)
@@ -85,8 +95,8 @@ class Family:
         """Why `profile` cannot render this family's models; None when it can."""
         if self.allows_profile(profile):
             return None
-        return (f"profile '{profile}' does not apply to {self.title} models yet; use "
-                f"{' or '.join(repr(p) for p in self.profiles)}")
+        return (f"profile '{profile}' does not apply to {self.title} models (its kernels replace Mochi's own "
+                f"layers); use one of {', '.join(repr(p) for p in self.profiles)}")
 
     @property
     def min_frames(self) -> int:

@@ -28,12 +28,21 @@ MOCHI = Family(
     text_encoder="T5 v1.1 XXL",
     max_tokens=256,
     profiles=(),  # every one: they were made for it
+    own_levers=True,
     # Parameters counted from the published configs; activations fitted on the H100 (profile_registry.py).
     memory={"realsize": Memory(6, 16, 10.028, 4.762, 0.460, activation_gib_per_ktoken=0.22)},
     tiny="tiny",
     realsize=("realsize",),
     module="batchgen.engine.families.mochi",
 )
+
+# The profiles made of diffusers' generic levers, which any transformer takes: bf16 resident, its blocks
+# compiled (fast), model and group offload, fp8 layerwise storage, int8 / NF4 through
+# PipelineQuantizationConfig. fp8-fast and fp8-attn stay Mochi's: their kernels replace Mochi's own layers.
+# Activation and decode GiB per thousand latent tokens below are fitted from one H200 row each
+# (benchmarks/results/family_recipes_h200.json: diffusers' recipe, fp32 VAE, untiled), so they are upper
+# bounds for batchgen's bf16, tiled decode.
+GENERIC_PROFILES = ("cpu", "resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4")
 
 # WanPipeline's own call defaults (480x832, 81 frames, 50 steps, guidance 5) and Wan's 16 fps output.
 # 4x temporal VAE; 8x spatial VAE and 2x2 patches (Wan 2.2 5B: 16x VAE, so its sizes are multiples of 32).
@@ -48,13 +57,13 @@ WAN = Family(
               "fps": 16},
     text_encoder="umT5 XXL",
     max_tokens=512,
-    # GPU profiles place the denoiser with Mochi's own levers (batchgen's attention processor, precomputed
-    # modulation, the chunked Mochi decode): until placement.py knows families, the new ones render on the CPU.
-    profiles=("cpu",),
+    profiles=GENERIC_PROFILES,
+    blocks="blocks",
     memory={
-        "realsize-wan2.1-1.3b": Memory(4, 16, 1.419, 5.681, 0.127),
-        "realsize-wan2.1-14b": Memory(4, 16, 14.288, 5.681, 0.127),
-        "realsize-wan2.2-5b": Memory(4, 32, 5.000, 5.681, 0.705),
+        "realsize-wan2.1-1.3b": Memory(4, 16, 1.419, 5.681, 0.127, 0.13, 0.35),
+        # Not measured yet: 1.3B's activations scaled by the hidden size (5120 / 1536), the same VAE.
+        "realsize-wan2.1-14b": Memory(4, 16, 14.288, 5.681, 0.127, 0.44, 0.35),
+        "realsize-wan2.2-5b": Memory(4, 32, 5.000, 5.681, 0.705, 1.33, 2.27),
     },
     tiny="tiny-wan",
     realsize=("realsize-wan2.1-1.3b", "realsize-wan2.1-14b", "realsize-wan2.2-5b"),
@@ -76,8 +85,8 @@ LTX = Family(
               "fps": 25},
     text_encoder="T5 v1.1 XXL",
     max_tokens=128,
-    profiles=("cpu",),
-    memory={"realsize-ltx-2b": Memory(8, 32, 1.923, 4.762, 0.419)},
+    profiles=GENERIC_PROFILES,
+    memory={"realsize-ltx-2b": Memory(8, 32, 1.923, 4.762, 0.419, 1.33, 1.95)},
     tiny="tiny-ltx",
     realsize=("realsize-ltx-2b",),
     module="batchgen.engine.families.ltx",

@@ -108,7 +108,9 @@ def decode(pipe, latents, job, generator):
     import torch
 
     vae = pipe.vae
-    latents = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
+    # The pipeline's execution device, not the VAE's: under model offload the VAE waits on the CPU and its
+    # hook brings it to the GPU, where the latents must already be.
+    latents = latents.to(pipe._execution_device, dtype=vae.dtype)
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)

@@ -1,0 +1,127 @@
+"""GPU memory profiles for the families without batchgen's own levers (Wan, LTX-Video): which apply, how
+placement treats their modules, and what `auto` picks from their memory model. What can be checked without
+a GPU is checked here on the CPU; the renders under each profile are tests/test_family_gpu.py's."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchgen.engine import placement, profiles
+from batchgen.engine.families import LTX, MOCHI, WAN
+from batchgen.engine.module_state import peek
+from batchgen.errors import BatchgenError
+from tests.conftest import write_manifest
+
+NEW = (WAN, LTX)
+
+
+@pytest.fixture(scope="module", params=NEW, ids=lambda f: f.name)
+def tiny(request):
+    family = request.param
+    return family, family.builders().build_tiny()
+
+
+@pytest.mark.parametrize("family", NEW, ids=lambda f: f.name)
+def test_generic_profiles_apply_and_mochis_kernels_do_not(family):
+    for name in ("resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4"):
+        assert family.profile_problem(name) is None, name
+    for name in ("fp8-fast", "fp8-attn"):
+        assert name in family.profile_problem(name)
+    # Refused by name before CUDA is asked anything, so a CPU machine gives the same message.
+    with pytest.raises(BatchgenError, match="'fp8-fast' does not apply to"):
+        profiles.resolve("fp8-fast", "cuda", family=family)
+
+
+def test_a_refused_profile_names_the_manifest_and_field(tmp_path, monkeypatch):
+    from batchgen.manifest.parse import load_manifest
+    from batchgen.run import supervisor
+
+    monkeypatch.setattr(supervisor, "check_device", lambda device: None)
+    path = write_manifest(tmp_path / "jobs.yaml", "model: tiny-wan\nprofile: fp8-attn\njobs:\n  - prompt: a fox\n")
+    with pytest.raises(BatchgenError) as info:
+        supervisor.plan(load_manifest(path), device="cuda")
+    assert str(path) in str(info.value) and "field 'profile'" in str(info.value) and "Wan" in str(info.value)
+
+
+def _processors(transformer) -> list[str]:
+    return sorted({type(p).__name__ for p in transformer.attn_processors.values()})
+
+
+def test_resident_keeps_diffusers_processor_and_the_adaln_layers(tiny):
+    # Mochi's levers (its attention processor, precomputed modulation) are written for Mochi's modules:
+    # placed on any other family they would break it or change its pixels.
+    family, pipe = tiny
+    before = _processors(pipe.transformer)
+    placement.prepare_denoiser(pipe, "resident", "cpu", quality=False, family=family)
+    assert _processors(pipe.transformer) == before
+    assert peek(pipe.transformer).modulation is None and peek(pipe.transformer).attention is None
+
+
+def test_fast_compiles_the_familys_repeated_blocks_and_teardown_undoes_it(tiny):
+    family, pipe = tiny
+    blocks = getattr(pipe.transformer, family.blocks)
+    # The very blocks diffusers' compile_repeated_blocks would compile.
+    assert {type(b).__name__ for b in blocks} == set(pipe.transformer._repeated_blocks)
+    placement.prepare_denoiser(pipe, "fast", "cpu", quality=False, family=family)
+    try:
+        assert all(b._compiled_call_impl is not None for b in blocks)
+    finally:
+        placement.teardown_denoiser(pipe, "fast", family)
+    assert all(b._compiled_call_impl is None for b in blocks)
+
+
+def test_group_offload_streams_the_familys_blocks_and_keeps_some_resident(tiny, monkeypatch):
+    family, pipe = tiny
+    transformer = pipe.transformer
+    blocks = getattr(transformer, family.blocks)
+    seen = {}
+
+    def stream(module, device):  # what diffusers would be handed to hook
+        seen["streamed"] = list(getattr(module, family.blocks))
+        seen["time_embed"] = getattr(module, "time_embed", "absent")
+
+    monkeypatch.setattr(placement, "_stream_blocks", stream)
+    block_gib = sum(p.numel() * p.element_size() for p in blocks[0].parameters()) / 2**30
+    kept = placement._group_offload(transformer, "cpu", resident_gib=1.5 * block_gib, family=family)
+    assert kept == 1 and len(seen["streamed"]) == len(blocks) - 1
+    assert getattr(transformer, family.blocks) is blocks  # the full list is back
+    assert seen["time_embed"] is not None  # only Mochi's embedder is held out (precomputed modulation)
+
+
+def _free_gib_picks(memory, free_gib, largest=None) -> str:
+    return profiles.choose_auto(free_gib, "cuda", largest, memory).name
+
+
+def test_auto_sizes_a_family_model_by_its_own_memory_model():
+    wan = profiles.family_memory(WAN, "realsize-wan2.1-1.3b")
+    # 1.3B parameters: resident fits where Mochi's 10B would have to stream its blocks.
+    assert _free_gib_picks(wan, 20.0) == "resident"
+    assert _free_gib_picks(None, 20.0) == "group-offload"
+    # Its estimate grows with the video, and group offload takes over when it no longer fits.
+    assert profiles.family_memory(WAN, "realsize-wan2.1-14b").peak_gib("resident", 81, 480, 832) > 28
+    assert _free_gib_picks(profiles.family_memory(WAN, "realsize-wan2.1-14b"), 24.0) == "group-offload"
+    assert profiles.family_memory(MOCHI, "realsize") is None  # Mochi keeps the registry's fitted model
+
+
+def test_a_folders_memory_model_takes_its_transformers_size(tmp_path):
+    transformer = tmp_path / "transformer"
+    transformer.mkdir()
+    (transformer / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 4096)
+    memory = profiles.family_memory(WAN, str(tmp_path))
+    assert {weights for _, weights in memory.candidates} == {4096 / 2**30}
+    # Unmatched to a published config, it is sized by the most demanding one's activations, with its own weights.
+    assert len(memory.candidates) == len(WAN.memory)
+    small = memory.peak_gib("resident", 81, 480, 832)
+    assert small < profiles.family_memory(WAN, "realsize-wan2.1-14b").peak_gib("resident", 81, 480, 832)
+    assert profiles.family_memory(WAN, str(tmp_path / "missing")).candidates[0][1] is None
+
+
+def test_realsize_family_models_refuse_quantizing_on_load(monkeypatch):
+    import torch
+
+    from batchgen.engine.loading import ModelLoadError, load_pipeline
+    from batchgen.engine.placement import load_kwargs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ModelLoadError, match="cannot be quantized on load"):
+        load_pipeline("realsize-ltx-2b", load_kwargs=load_kwargs("nf4", "cuda"))
