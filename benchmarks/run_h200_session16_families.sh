@@ -14,9 +14,11 @@
 # imageio and imageio-ffmpeg (installed from .whl when it is there) to write their MP4s.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl2/*.whl || exit 1
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
+for d in .whl .whl3; do  # .whl3: imageio-ffmpeg alone, for a call that carries no other wheels
+  if compgen -G "$d/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $d/*.whl || exit 1
+  fi
+done
 export PYTHONPATH=/tmp/site:$PWD/.bnb:$PWD PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor}
 stages=" ${STAGES:-test bench ltx wan} "
 log() { tee -a "$OUT/log.txt"; }
@@ -55,7 +57,9 @@ if [[ $stages == *" test "* ]]; then
   fi
 fi
 if [[ $stages == *" bench "* ]]; then
-  python3 benchmarks/bench_family_profiles.py --out "$OUT/family_profiles_h200.json" --budget-s "${BUDGET:-420}" 2>&1 \
+  # MODELS / PROFILES / BENCH_NAME split the rows over calls.
+  python3 benchmarks/bench_family_profiles.py ${MODELS:+--models "$MODELS"} ${PROFILES:+--profiles "$PROFILES"} \
+    --out "$OUT/${BENCH_NAME:-family_profiles_h200}.json" --budget-s "${BUDGET:-420}" 2>&1 \
     | grep -v -e "it/s]" -e "s/it]" | log
 fi
 if [[ $stages == *" ltx "* || $stages == *" wan "* ]] && ! python3 -c "import imageio, imageio_ffmpeg" 2>/dev/null; then

@@ -32,15 +32,20 @@ def test_generic_profiles_apply_and_mochis_kernels_do_not(family):
         profiles.resolve("fp8-fast", "cuda", family=family)
 
 
-def test_a_refused_profile_names_the_manifest_and_field(tmp_path, monkeypatch):
+def test_a_refused_profile_names_the_manifest_and_field(tmp_path):
+    from batchgen.errors import ManifestError
     from batchgen.manifest.parse import load_manifest
-    from batchgen.run import supervisor
+    from tests.conftest import run_cli
 
-    monkeypatch.setattr(supervisor, "check_device", lambda device: None)
     path = write_manifest(tmp_path / "jobs.yaml", "model: tiny-wan\nprofile: fp8-attn\njobs:\n  - prompt: a fox\n")
-    with pytest.raises(BatchgenError) as info:
-        supervisor.plan(load_manifest(path), device="cuda")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
     assert str(path) in str(info.value) and "field 'profile'" in str(info.value) and "Wan" in str(info.value)
+    with pytest.raises(ManifestError, match="--profile: profile 'fp8-fast' does not apply to Wan"):
+        load_manifest(path, profile="fp8-fast")
+    assert load_manifest(path, profile="group-offload").profile == "group-offload"
+    result = run_cli("validate", str(path))
+    assert result.exit_code != 0 and "fp8-attn" in result.output and "Traceback" not in result.output
 
 
 def _processors(transformer) -> list[str]:

@@ -147,6 +147,10 @@ def _finish(draft: Draft, suffix: str, *, model, out, profile, approximate=None)
         _raise(draft.problems)
     if profile is not None:
         draft.profile = profile
+    refused = family.profile_problem(draft.profile) if draft.profile and draft.profile != "auto" else None
+    if refused:  # before anything loads: fp8-attn on a Wan model, say
+        where = "--profile" if profile is not None else f"{draft.display}: field 'profile'"
+        _raise([f"{where}: {refused}"])
     if approximate is not None:  # "" from --approximate none: exact, whatever the manifest says
         draft.approximate = approximate or None
     if out is not None:
