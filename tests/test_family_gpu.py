@@ -32,6 +32,8 @@ def _render(model, family, profile, jobs):
 
     r = Renderer(model, profile=profile, device="cuda", progress=False)
     assert r.profile == profile
+    # As a batch does: every text first, then the text encoder is freed for the denoiser.
+    r.encode([text for job in jobs for text in (job.prompt, job.negative_prompt)])
     return r, [r.render(job) for job in jobs]
 
 
