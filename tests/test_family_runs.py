@@ -131,3 +131,51 @@ def test_a_tiny_wan_batch_on_the_cpu_is_not_warned_about(tmp_path):
     result = run_cli("render", manifest, "--out", tmp_path / "out", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "hours per video" not in result.output
+
+
+def test_a_wan_batch_exports_and_makes_a_sheet_and_a_gallery(wan_batch, tmp_path):
+    import tarfile
+
+    from batchgen.outputs.atomic import sha256_file
+    from batchgen.outputs.metadata_index import read as read_index
+
+    _, out = wan_batch
+    rows = read_index(out)
+    result = run_cli("sheet", out, "--output", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    result = run_cli("export", out, tmp_path / "vbench", "--layout", "vbench")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "vbench" / "batchgen_vbench.json").read_text(encoding="utf-8"))
+    assert sorted(v["prompt"] for v in info.values()) == sorted(r["prompt"] for r in rows)
+    assert all(sha256_file(tmp_path / "vbench" / name) == v["sha256"] for name, v in info.items())
+    result = run_cli("export", out, tmp_path / "wds", "--layout", "webdataset")
+    assert result.exit_code == 0, result.output
+    with tarfile.open(next((tmp_path / "wds").glob("*.tar"))) as tar:
+        metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(metas) == len(rows) and {m["family"] for m in metas} == {"wan"}
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert '"family": "wan"' in page or '"family":"wan"' in page
+    assert all(r["file_name"] in page for r in rows)
+
+
+@pytest.mark.slow
+def test_a_wan_batch_on_ray_actors_gives_the_local_frames(wan_batch, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from batchgen.outputs.metadata_index import read as read_index
+
+    pytest.importorskip("ray")
+    manifest, local = wan_batch
+    remote = tmp_path / "ray"
+    result = subprocess.run(
+        [sys.executable, "-m", "batchgen", "render", str(manifest), "--out", str(remote), "--no-progress",
+         "--ray", "local", "--ray-actors", "2"],
+        env=dict(os.environ, RAY_ADDRESS=""), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_index(remote)
+    assert {r["family"] for r in rows} == {"wan"}
+    assert {r["job_id"]: r["frames_sha256"] for r in rows} == {r["job_id"]: r["frames_sha256"] for r in read_index(local)}

@@ -130,7 +130,7 @@ def test_fp8_attn_placement_installs_the_recipe(monkeypatch):
 
     converted = []
     monkeypatch.setattr(fp8_matmul, "convert_blocks", lambda t: converted.append(t) or 1)
-    monkeypatch.setattr(bcompile, "compile_blocks", lambda t: None)
+    monkeypatch.setattr(bcompile, "compile_blocks", lambda t, blocks="transformer_blocks": None)
     pipe = build_tiny_pipeline()
     placement.prepare_denoiser(pipe, "fp8-attn", "cpu", quality=False)
     procs = {type(b.attn1.processor) for b in pipe.transformer.transformer_blocks}

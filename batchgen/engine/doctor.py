@@ -21,7 +21,7 @@ from batchgen.store.readonly import open_readonly
 
 DEFAULT_MODEL = "genmo/mochi-1-preview"
 # Longest Mochi video and the manifest default: the sizes the profile table is worked out for.
-SIZES = {"163 frames 480x848": (163, 480, 848), "19 frames 480x848": (19, 480, 848)}
+SIZES = {"163 frames at 480x848": (163, 480, 848), "19 frames at 480x848": (19, 480, 848)}
 DISK_FAIL_GIB = 1.0
 DISK_WARN_GIB = 20.0
 _TIMEOUT = 20
@@ -121,10 +121,34 @@ def check_gpus(devices: list[dict]) -> list[Check]:
     return checks
 
 
-def profile_needs() -> dict[str, dict[str, float]]:
-    """GiB each GPU profile needs for each of SIZES, from the profile registry's own memory model."""
-    return {name: {label: profile_registry.estimate_peak_gib(name, *size) for label, size in SIZES.items()}
-            for name in profile_registry.names(needs_cuda=True)}
+def profile_needs(model: str | None = None) -> dict[str, dict[str, float]]:
+    """GiB each GPU profile needs for each of the sizes, from the memory model `auto` uses: the profile
+    registry's (Mochi, SIZES) or, for a model of another family, the family's at its default video and
+    for the profiles the family takes."""
+    sizes, memory, family = _sizes_for(model)
+    names = [n for n in profile_registry.names(needs_cuda=True) if family is None or family.allows_profile(n)]
+    if memory is not None:
+        return {name: {label: memory.peak_gib(name, *size) for label, size in sizes.items()} for name in names}
+    return {name: {label: profile_registry.estimate_peak_gib(name, *size) for label, size in sizes.items()}
+            for name in names}
+
+
+def _sizes_for(model: str | None):
+    """(sizes, the family's memory model or None, the family or None) for `model`."""
+    from batchgen.engine import profiles
+
+    try:
+        family = families.family_for_model(model) if model else None
+    except families.UnknownFamily:  # the model check says so
+        family = None
+    memory = profiles.family_memory(family, model)
+    if memory is None:
+        return SIZES, None, None
+    d = family.defaults
+    frames, height, width = d["num_frames"], d["height"], d["width"]
+    short = family.min_frames + family.frame_step
+    return ({f"{frames} frames at {height}x{width}": (frames, height, width),
+             f"{short} frames at {height}x{width}": (short, height, width)}, memory, family)
 
 
 def _fp8_attention_missing(devices: list[dict]) -> str:
@@ -138,12 +162,12 @@ def _fp8_attention_missing(devices: list[dict]) -> str:
     return ""
 
 
-def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
+def check_profiles(devices: list[dict], bnb_ok: bool, model: str | None = None) -> Check:
     if not devices:
         return Check("profiles", WARN, "no GPU: only the `cpu` profile runs here",
                      "run `batchgen doctor` on the CUDA machine that will render: it lists the profiles that fit there")
     free = max(d["free"] for d in devices) / 2**30
-    needs = profile_needs()
+    needs = profile_needs(model)
     parts, fit_long = [], []
     from batchgen.engine.fp8_matmul import MIN_CAPABILITY
 
@@ -158,13 +182,14 @@ def check_profiles(devices: list[dict], bnb_ok: bool) -> Check:
             continue
         usable = bnb_ok or not profile_registry.REGISTRY[name].needs_bitsandbytes
         sizes = [label for label, gib in by_size.items() if gib <= free]
-        longest = next(iter(SIZES))
+        longest, short = list(by_size)
         if usable and longest in sizes:
             fit_long.append(name)
         need = by_size[longest]
-        mark = "fits" if longest in sizes else ("fits 19 frames" if sizes else "too big")
+        mark = "fits" if longest in sizes else (f"fits {short.split()[0]} frames" if sizes else "too big")
         parts.append(f"{name} ~{need:.0f} GiB {mark if usable else 'needs bitsandbytes'}")
-    detail = f"{free:.1f} GiB free on the largest GPU; for 163 frames at 480x848: " + "; ".join(parts)
+    video = next(iter(next(iter(needs.values()))))  # the longest video the needs were sized for
+    detail = f"{free:.1f} GiB free on the largest GPU; for {video}: " + "; ".join(parts)
     if profile_registry.auto_order()[0] in fit_long:
         return Check("profiles", OK, detail)
     if fit_long:
@@ -411,7 +436,7 @@ def run_checks(out: Path | None = None, model: str | None = None) -> list[Check]
     cuda, devices = check_cuda()
     checks = [cuda, *check_gpus(devices)]
     bnb, bnb_ok = check_bitsandbytes(devices)
-    checks += [check_profiles(devices, bnb_ok), bnb, check_ffmpeg(), check_lora(), check_login(model),
+    checks += [check_profiles(devices, bnb_ok, model), bnb, check_ffmpeg(), check_lora(), check_login(model),
                check_model(model, explicit), check_disk(out)]
     return checks
 

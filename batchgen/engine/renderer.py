@@ -98,7 +98,8 @@ class Renderer:
         checkpoint: dict | None = None,
     ):
         """`largest` is (num_frames, height, width) of the batch's biggest job, for `auto`.
-        `pipeline` is an already built MochiPipeline (benchmarks' real-size random model) used instead of loading `model`."""
+        `pipeline` is an already built pipeline of any family (benchmarks' published-size random models) used
+        instead of loading `model`; its class gives the family, whose profiles are checked like a loaded one's."""
         self.model = model
         self.revision = revision
         self.quality = quality

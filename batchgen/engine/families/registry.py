@@ -39,9 +39,9 @@ MOCHI = Family(
 # The profiles made of diffusers' generic levers, which any transformer takes: bf16 resident, its blocks
 # compiled (fast), model and group offload, fp8 layerwise storage, int8 / NF4 through
 # PipelineQuantizationConfig. fp8-fast and fp8-attn stay Mochi's: their kernels replace Mochi's own layers.
-# Activation and decode GiB per thousand latent tokens below are fitted from one H200 row each
-# (benchmarks/results/family_recipes_h200.json: diffusers' recipe, fp32 VAE, untiled), so they are upper
-# bounds for batchgen's bf16, tiled decode.
+# Activation and decode GiB per thousand latent tokens below are fitted from batchgen's own renders at each
+# config's default video on an H200 (benchmarks/results/family_profiles_h200_{a,b}.json: bf16, VAE tiled),
+# rounded up; with the weights and the margin they give the measured peaks within 1.5 GiB above.
 GENERIC_PROFILES = ("cpu", "resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4")
 
 # WanPipeline's own call defaults (480x832, 81 frames, 50 steps, guidance 5) and Wan's 16 fps output.
@@ -60,10 +60,9 @@ WAN = Family(
     profiles=GENERIC_PROFILES,
     blocks="blocks",
     memory={
-        "realsize-wan2.1-1.3b": Memory(4, 16, 1.419, 5.681, 0.127, 0.13, 0.35),
-        # Not measured yet: 1.3B's activations scaled by the hidden size (5120 / 1536), the same VAE.
-        "realsize-wan2.1-14b": Memory(4, 16, 14.288, 5.681, 0.127, 0.44, 0.35),
-        "realsize-wan2.2-5b": Memory(4, 32, 5.000, 5.681, 0.705, 1.33, 2.27),
+        "realsize-wan2.1-1.3b": Memory(4, 16, 1.419, 5.681, 0.127, 0.05, 0.035),
+        "realsize-wan2.1-14b": Memory(4, 16, 14.288, 5.681, 0.127, 0.11, 0.035),
+        "realsize-wan2.2-5b": Memory(4, 32, 5.000, 5.681, 0.705, 0.20, 0.13),
     },
     tiny="tiny-wan",
     realsize=("realsize-wan2.1-1.3b", "realsize-wan2.1-14b", "realsize-wan2.2-5b"),
@@ -86,7 +85,7 @@ LTX = Family(
     text_encoder="T5 v1.1 XXL",
     max_tokens=128,
     profiles=GENERIC_PROFILES,
-    memory={"realsize-ltx-2b": Memory(8, 32, 1.923, 4.762, 0.419, 1.33, 1.95)},
+    memory={"realsize-ltx-2b": Memory(8, 32, 1.923, 4.762, 0.419, 0.16, 0.54)},
     tiny="tiny-ltx",
     realsize=("realsize-ltx-2b",),
     module="batchgen.engine.families.ltx",
