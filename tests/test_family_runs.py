@@ -179,3 +179,24 @@ def test_a_wan_batch_on_ray_actors_gives_the_local_frames(wan_batch, tmp_path):
     rows = read_index(remote)
     assert {r["family"] for r in rows} == {"wan"}
     assert {r["job_id"]: r["frames_sha256"] for r in rows} == {r["job_id"]: r["frames_sha256"] for r in read_index(local)}
+
+
+def test_ltx_batch_resumes_after_sigkill_with_the_same_frames(tmp_path):
+    # 17 frames: LTX's 8k+1, at its own 32-multiple size; fps is an input of the pipeline, so it is set.
+    manifest = write_manifest(tmp_path / "jobs.yaml", """\
+model: tiny-ltx
+defaults: {num_frames: 17, height: 32, width: 64, num_inference_steps: 2, fps: 24}
+seeds: [1]
+jobs:
+  - prompt: a red fox in snow
+  - prompt: waves on a rocky shore
+""")
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert run_cli("render", manifest, "--out", reference, "--no-progress").exit_code == 0
+    killed = _subprocess_render(manifest, out, fault="video_published:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(_frames(out)) == 1
+    resumed = _subprocess_render(manifest, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _frames(out) == _frames(reference) and len(_frames(out)) == 2
+    assert {r["family"] for r in _rows(out)} == {"ltx"}
