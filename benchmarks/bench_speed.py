@@ -353,7 +353,8 @@ def bench_wall(args, pipe, backend: str, steps_rows: list[dict], device, dtype) 
 
     from batchgen.engine import attention
     from batchgen.engine import compile as bcompile
-    from batchgen.engine.renderer import decode_latents, to_uint8
+    from batchgen.engine.mochi_decode import decode_latents
+    from batchgen.engine.renderer import to_uint8
 
     cuda = device.type == "cuda"
     clock = Clock(cuda)

@@ -2,7 +2,7 @@
 
 Runs in one process: builds the published-size Mochi VAE (random weights, bf16, tiling on), fills
 `--ballast-gib` of GPU memory with an unused tensor, then decodes fixed random latents with batchgen's
-decode (`batchgen.engine.renderer.decode_video`) and prints the hash of the output. Run it once per ballast size,
+decode (`batchgen.engine.mochi_decode.decode_video`) and prints the hash of the output. Run it once per ballast size,
 each in a fresh process (PyTorch caches the cuDNN plan it picks per convolution shape for the life of a
 process): differing hashes mean the convolution plans depend on free memory.
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from batchgen.engine import profiles
     from batchgen.engine.realsize import _default_dtype, _randomize
-    from batchgen.engine.renderer import decode_video
+    from batchgen.engine.mochi_decode import decode_video
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ballast-gib", type=float, default=0.0)

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import constants
 
-from batchgen.engine import doctor
+from batchgen.engine import doctor, doctor_profiles
 from batchgen.cli.app import cli
 from fakerun import make_run
 
@@ -70,22 +70,22 @@ def gpu(free_gib, total_gib=80, capability=(9, 0)):
 
 def test_profiles_that_fit_follow_free_memory():
     # Needs come from batchgen.engine.profiles' memory model, which is tuned as measurements come in.
-    needs = doctor.profile_needs()
-    longest, short = list(doctor.SIZES)
+    needs = doctor_profiles.profile_needs()
+    longest, short = list(doctor_profiles.SIZES)
     resident = needs["resident"][longest]
     smallest = min(by[longest] for by in needs.values())
     assert smallest < resident and needs["resident"][short] < resident
-    big = doctor.check_profiles([gpu(resident + 1)], bnb_ok=True)
+    big = doctor_profiles.check_profiles([gpu(resident + 1)], bnb_ok=True)
     assert big.status == "OK" and "resident" in big.detail
     mid_free = (smallest + resident) / 2
-    mid = doctor.check_profiles([gpu(mid_free)], bnb_ok=True)
+    mid = doctor_profiles.check_profiles([gpu(mid_free)], bnb_ok=True)
     fastest = next(n for n, by in needs.items() if by[longest] <= mid_free)
     assert mid.status == "WARN" and f"Fastest that fits: {fastest}" in mid.detail
     # Not enough for resident at 163 frames (it may still fit the short size).
     assert mid.detail.split("resident ~")[1].split(";")[0].split(" GiB ")[1] in ("too big", "fits 19 frames")
-    no_bnb = doctor.check_profiles([gpu(resident + 1)], bnb_ok=False)
+    no_bnb = doctor_profiles.check_profiles([gpu(resident + 1)], bnb_ok=False)
     assert "needs bitsandbytes" in no_bnb.detail.split("nf4 ~")[1]
-    tiny = doctor.check_profiles([gpu(smallest - 0.5)], bnb_ok=True)
+    tiny = doctor_profiles.check_profiles([gpu(smallest - 0.5)], bnb_ok=True)
     assert tiny.status == "WARN" and "num_frames" in tiny.fix
 
 
@@ -193,9 +193,9 @@ def test_missing_imageio_ffmpeg_blocks_rendering(monkeypatch):
 
 
 def test_fp8_fast_is_listed_only_where_fp8_tensor_cores_exist():
-    hopper = doctor.check_profiles([gpu(70, capability=(9, 0))], bnb_ok=True)
+    hopper = doctor_profiles.check_profiles([gpu(70, capability=(9, 0))], bnb_ok=True)
     assert "fp8-fast ~" in hopper.detail
-    ampere = doctor.check_profiles([gpu(70, capability=(8, 0))], bnb_ok=True)
+    ampere = doctor_profiles.check_profiles([gpu(70, capability=(8, 0))], bnb_ok=True)
     assert "fp8-fast needs an Ada or Hopper GPU" in ampere.detail and "fp8-fast ~" not in ampere.detail
     assert "resident ~" in ampere.detail
 

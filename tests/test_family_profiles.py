@@ -133,12 +133,12 @@ def test_realsize_family_models_refuse_quantizing_on_load(monkeypatch):
 
 
 def test_doctor_sizes_a_family_model_by_its_memory_model_and_profiles():
-    from batchgen.engine import doctor
+    from batchgen.engine import doctor, doctor_profiles
 
     gpu = {"index": 0, "name": "H200", "capability": "9.0", "bf16": True, "free": 20 * 2**30, "total": 140 * 2**30}
-    wan = doctor.check_profiles([gpu], True, "realsize-wan2.1-1.3b")
+    wan = doctor_profiles.check_profiles([gpu], True, "realsize-wan2.1-1.3b")
     assert "for 81 frames at 480x832" in wan.detail and "fp8-fast" not in wan.detail
     assert wan.status == doctor.OK and "resident ~6 GiB fits" in wan.detail
-    mochi = doctor.check_profiles([gpu], True, "realsize")
+    mochi = doctor_profiles.check_profiles([gpu], True, "realsize")
     assert "for 163 frames at 480x848" in mochi.detail and "fp8-fast" in mochi.detail
     assert mochi.status == doctor.WARN  # Mochi's 10B does not stay resident at 163 frames in 20 GiB

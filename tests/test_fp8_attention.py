@@ -109,16 +109,16 @@ def test_fp8_attn_profile_has_its_own_precision_and_is_refused_with_why(monkeypa
 
 
 def test_doctor_lists_fp8_attn_only_on_hopper_with_fa3(monkeypatch):
-    from batchgen.engine import doctor
+    from batchgen.engine import doctor_profiles
     from test_doctor import gpu
 
     monkeypatch.setattr(fa, "fa3_module", lambda: None)
-    assert "fp8-attn needs FlashAttention-3: pip install fa3-fwd" in doctor.check_profiles([gpu(70)], True).detail
-    ada = doctor.check_profiles([gpu(70, capability=(8, 9))], True).detail
+    assert "fp8-attn needs FlashAttention-3: pip install fa3-fwd" in doctor_profiles.check_profiles([gpu(70)], True).detail
+    ada = doctor_profiles.check_profiles([gpu(70, capability=(8, 9))], True).detail
     assert "fp8-attn needs a Hopper GPU" in ada and "fp8-fast ~" in ada
-    assert "fp8-attn needs an Ada or Hopper GPU" in doctor.check_profiles([gpu(70, capability=(8, 0))], True).detail
+    assert "fp8-attn needs an Ada or Hopper GPU" in doctor_profiles.check_profiles([gpu(70, capability=(8, 0))], True).detail
     monkeypatch.setattr(fa, "fa3_module", lambda: object())
-    assert "fp8-attn ~" in doctor.check_profiles([gpu(70)], True).detail
+    assert "fp8-attn ~" in doctor_profiles.check_profiles([gpu(70)], True).detail
 
 
 def test_fp8_attn_placement_installs_the_recipe(monkeypatch):

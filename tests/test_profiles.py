@@ -14,7 +14,8 @@ import torch
 from batchgen.engine import profiles
 from batchgen.job import Job
 from batchgen.engine.loading import build_tiny_pipeline
-from batchgen.engine.renderer import Renderer, decode_video
+from batchgen.engine.mochi_decode import decode_video
+from batchgen.engine.renderer import Renderer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (group offloading uses CUDA streams)")
 

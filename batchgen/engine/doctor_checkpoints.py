@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchgen.engine import checkpoints
-from batchgen.engine.doctor import FAIL, OK, WARN, Check
+from batchgen.engine.doctor_check import FAIL, OK, WARN, Check
 
 
 def _cached(repo: str, revision: str | None) -> bool:

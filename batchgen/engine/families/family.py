@@ -72,7 +72,7 @@ class Family:
     blocks: str = "transformer_blocks"
     # batchgen's own levers, written for Mochi's modules: its attention processor (attention.py,
     # fp8_attention.py), precomputed AdaLN modulation (modulation.py), the chunked VAE decode
-    # (renderer.decode_video). A family without them gets diffusers' generic ones only.
+    # (mochi_decode.py). A family without them gets diffusers' generic ones only.
     own_levers: bool = False
     memory: dict[str, Memory] = field(default_factory=dict)  # by published-size config name
     tiny: str = ""  # the `model:` name of its tiny random-weight pipeline
