@@ -80,11 +80,15 @@ def check_profiles(devices: list[dict], bnb_ok: bool, model: str | None = None) 
         parts.append(f"{name} ~{need:.0f} GiB {mark if usable else 'needs bitsandbytes'}")
     video = next(iter(next(iter(needs.values()))))  # the longest video the needs were sized for
     detail = f"{free:.1f} GiB free on the largest GPU; for {video}: " + "; ".join(parts)
-    if profile_registry.auto_order()[0] in fit_long:
+    order = profile_registry.auto_order()
+    if order[0] in fit_long:
         return Check("profiles", OK, detail)
     if fit_long:
+        # `auto` walks its bf16 order only; the fastest that fits may be one it never picks (offload, fp8).
+        picks = next((name for name in order if name in fit_long), profile_registry.auto_last_resort())
+        fix = ("`auto` picks it" if picks == fit_long[0] else
+               f"`auto` picks {picks}; name {fit_long[0]} with --profile (or profile:) to use it")
         return Check("profiles", WARN, detail + f". Fastest that fits: {fit_long[0]}",
-                     "`auto` already picks it; free GPU memory (other processes) or render shorter videos for "
-                     "the faster profiles")
+                     fix + "; free GPU memory (other processes) or render shorter videos for the faster profiles")
     return Check("profiles", WARN, detail, "render fewer frames (num_frames) or a smaller size, or free GPU memory; "
                  "nf4 needs bitsandbytes (`pip install -e \".[gpu]\"`)")

@@ -66,8 +66,10 @@ def _collect(renderer) -> dict:
         "precomputed_modulation": peek(pipe.transformer).modulation is not None,
         "dtypes": _dtypes(pipe, profile),
         "vae_tiling": bool(getattr(renderer, "vae_tiling", True)),
-        # The CPU profile keeps diffusers' one-shot decode; GPU profiles decode in time chunks.
-        "decode_latent_frames": settings.decode_latent_frames() if _on_gpu(profile) else None,
+        # The CPU profile keeps diffusers' one-shot decode; GPU profiles decode Mochi in time chunks (the
+        # other families decode as their pipeline does).
+        "decode_latent_frames": settings.decode_latent_frames()
+        if _on_gpu(profile) and families.get(loaded.family).own_levers else None,
         "max_sequence_length": loaded.max_sequence_length,
         "scheduler": _scheduler(pipe),
         "versions": versions,

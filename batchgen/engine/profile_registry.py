@@ -199,21 +199,29 @@ def estimate_peak_gib(profile: str, num_frames: int = 163, height: int = 480, wi
 # scales, the norms and embeddings left in bf16).
 _WEIGHT_SHARE = {"bf16": 1.0, "fp8-storage": 0.5, "int8": 0.5, "nf4": 0.3}
 _IN_FLIGHT_GIB = 1.0  # group offload: the embedders and the blocks being copied, beyond the resident ones
+# A text encoder streamed block by block holds its token embedding (umT5's 256k-word one is 2 GiB) and a
+# block or two in flight: a quarter of its weights is a rough upper figure for umT5 and T5 XXL.
+_STREAMED_ENCODER_SHARE = 0.25
 
 
 def _family_peak_gib(p: Profile, memory: "Memory", frames: int, height: int, width: int,
                      weights_gib: float | None) -> float:
     full = weights_gib if weights_gib is not None else memory.denoiser_params_b * 1e9 * 2 / 2**30
     if p.placement == "group-offload":
-        on_gpu = settings.group_offload_resident_gib() + _IN_FLIGHT_GIB
+        # Never more than the whole model: a small one simply keeps every block resident.
+        on_gpu = min(full, settings.group_offload_resident_gib() + _IN_FLIGHT_GIB)
     else:
         on_gpu = full * _WEIGHT_SHARE.get(p.weights, 1.0)
+    # Phase one holds the text encoder alone (the denoiser is placed after it is freed). Mochi's own model
+    # leaves it out: T5's 8.9 GiB is below every Mochi denoise peak; a 1.3B Wan's is not.
+    encoder = memory.text_encoder_params_b * 1e9 * 2 / 2**30
+    encode = encoder * (_STREAMED_ENCODER_SHARE if p.streams_text_encoder else 1.0)
     ktokens = memory.latent_tokens(frames, height, width) / 1000
     vae = memory.vae_params_b * 1e9 * 2 / 2**30
     denoise = on_gpu + (memory.activation_gib_per_ktoken or _ACTIVATION_GIB_PER_KTOKEN) * ktokens
     decode_beside = on_gpu if p.decodes_beside_denoiser else 0.0
     decode = decode_beside + vae + (memory.decode_gib_per_ktoken or 0.0) * ktokens
-    return max(denoise, decode) + _MARGIN_GIB
+    return max(encode, denoise, decode) + _MARGIN_GIB
 
 
 def precision(profile: str, quality: bool = False, deterministic: bool = False, approximate: str | None = None) -> str:

@@ -56,13 +56,18 @@ def family_memory(family: Family | None, model: str | None) -> FamilyMemory | No
         return None
     if model in family.memory:
         return FamilyMemory(family, ((family.memory[model], None),))
-    size = _transformer_bytes(model) if model else None
-    weights = size / 2**30 if size else None
+    weights = _transformer_bf16_gib(model) if model else None
     return FamilyMemory(family, tuple((memory, weights) for memory in family.memory.values()))
 
 
-def _transformer_bytes(model: str) -> int | None:
-    """Bytes of the transformer's weight files in a local folder or a hub id's cached snapshot."""
+def _transformer_bf16_gib(model: str) -> float | None:
+    """GiB of the transformer's parameters in bf16, counted from the safetensors headers of a local folder or
+    a hub id's cached snapshot (the files may hold fp32; a variant beside the full files counts once).
+    None when there are none to read: the family's largest config sizes it then."""
+    import json
+    import math
+    import re
+
     root = Path(model).expanduser()
     if not root.is_dir() and model.count("/") == 1:
         try:
@@ -72,8 +77,21 @@ def _transformer_bytes(model: str) -> int | None:
         except Exception:  # an id the hub library refuses is simply not cached
             found = None
         root = Path(found).parent if isinstance(found, str) else root
-    files = list((root / "transformer").glob("*.safetensors")) if root.is_dir() else []
-    return sum(f.stat().st_size for f in files) or None
+    groups: dict[str, list[Path]] = {}
+    for f in sorted((root / "transformer").glob("*.safetensors")) if root.is_dir() else []:
+        # name[.variant][-0000i-of-0000n].safetensors: the variant, if any, is the second dotted part.
+        stem = re.sub(r"-\d+-of-\d+$", "", f.name[: -len(".safetensors")])
+        groups.setdefault(stem.partition(".")[2], []).append(f)
+    files = groups.get("") or next(iter(groups.values()), [])
+    params = 0
+    try:
+        for f in files:
+            with open(f, "rb") as handle:
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: the loader reports it; the largest config sizes it meanwhile
+    return params * 2 / 2**30 if params else None
 
 
 def resolve(

@@ -42,15 +42,17 @@ def plan(
 ) -> tuple[profiles.ProfileChoice, str, list[Job]]:
     """Resolve the profile for this machine and expand the manifest at its precision."""
     check_device(device)
-    # auto sizes its choice to this batch's biggest video, not to the longest Mochi can make.
+    # auto sizes its choice to this batch's biggest video, not to the longest Mochi can make, counted in
+    # the family's own latent tokens (Wan compresses time 4x, LTX 8x, Mochi 6x).
+    family = families.get(manifest.family)
+    tokens = next(iter(family.memory.values())).latent_tokens if family.memory else profiles.latent_tokens
     largest = max(
         ((e.fields["num_frames"], e.fields["height"], e.fields["width"]) for e in manifest.entries),
-        key=lambda shape: profiles.latent_tokens(*shape),
+        key=lambda shape: tokens(*shape),
         default=None,
     )
     try:
-        choice = profiles.resolve(manifest.profile, device, largest=largest, family=families.get(manifest.family),
-                                  model=manifest.model)
+        choice = profiles.resolve(manifest.profile, device, largest=largest, family=family, model=manifest.model)
     except BatchgenError as exc:  # a profile the model's family cannot take: the manifest's field
         raise BatchgenError(f"{manifest.path}: field 'profile': {exc}") from None
     refused = approximate.check_profile(manifest.approximate, choice.name)

@@ -41,7 +41,8 @@ MOCHI = Family(
 # PipelineQuantizationConfig. fp8-fast and fp8-attn stay Mochi's: their kernels replace Mochi's own layers.
 # Activation and decode GiB per thousand latent tokens below are fitted from batchgen's own renders at each
 # config's default video on an H200 (benchmarks/results/family_profiles_h200_{a,b}.json: bf16, VAE tiled),
-# rounded up; with the weights and the margin they give the measured peaks within 1.5 GiB above.
+# rounded up; with the weights and the margin they give the measured per-video peaks within 1.6 GiB above.
+# The encode phase before them (the text encoder alone) is counted from the encoder's parameters.
 GENERIC_PROFILES = ("cpu", "resident", "fast", "offload", "group-offload", "fp8", "int8", "nf4")
 
 # WanPipeline's own call defaults (480x832, 81 frames, 50 steps, guidance 5) and Wan's 16 fps output.
