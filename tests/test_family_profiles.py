@@ -179,3 +179,33 @@ def test_doctor_sizes_a_family_model_by_its_memory_model_and_profiles():
     mochi = doctor_profiles.check_profiles([gpu], True, "realsize")
     assert "for 163 frames at 480x848" in mochi.detail and "fp8-fast" in mochi.detail
     assert mochi.status == doctor.WARN  # Mochi's 10B does not stay resident at 163 frames in 20 GiB
+
+
+def test_the_batchs_largest_video_is_counted_in_the_familys_tokens(tmp_path, monkeypatch):
+    from batchgen.manifest.parse import load_manifest
+    from batchgen.run import supervisor
+
+    # Mochi's 6x time compression would rank 25 frames at 512x704 first; LTX's 8x ranks 17 at 512x1024.
+    path = write_manifest(tmp_path / "jobs.yaml", "model: tiny-ltx\njobs:\n"
+                          "  - {prompt: long, num_frames: 25, height: 512, width: 704}\n"
+                          "  - {prompt: wide, num_frames: 17, height: 512, width: 1024}\n")
+    seen = {}
+
+    def fake_resolve(profile, device=None, *, largest=None, **family):
+        seen["largest"] = largest
+        return profiles.ProfileChoice("cpu", "cpu", "test")
+
+    monkeypatch.setattr(profiles, "resolve", fake_resolve)
+    supervisor.plan(load_manifest(path))
+    assert seen["largest"] == (17, 512, 1024)
+
+
+def test_doctor_names_what_auto_picks_when_the_fastest_fit_is_not_its_choice(monkeypatch):
+    from batchgen.engine import doctor_profiles, fp8_attention
+
+    monkeypatch.setattr(fp8_attention, "fa3_module", lambda: None)
+    gpu = {"index": 0, "name": "H100", "capability": "9.0", "bf16": True, "free": 24.5 * 2**30, "total": 80 * 2**30}
+    check = doctor_profiles.check_profiles([gpu], True)
+    # fp8-fast fits 163 Mochi frames in 24.5 GiB where resident does not; auto walks only its bf16 order.
+    assert "Fastest that fits: fp8-fast" in check.detail
+    assert "`auto` picks group-offload" in check.fix and "already picks" not in check.fix
