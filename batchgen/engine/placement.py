@@ -154,6 +154,21 @@ def _group_offload(transformer, device: str, resident_gib: float, family: Family
     return len(keep)
 
 
+def _install_attention(transformer, backend: str) -> None:
+    """batchgen's attention processor on Mochi's blocks (the other families keep diffusers' own, which gives
+    the same pixels on every placement). "prefix" is bit-identical to diffusers' (measured on the H100),
+    with no data-dependent shapes, so the blocks compile without graph breaks; never "auto", which would
+    pick FlashAttention 3 where installed and change pixels. "fp8": fp8_attention.py's recipe."""
+    if backend == "fp8":
+        from batchgen.engine import fp8_attention
+
+        fp8_attention.install_profile_recipe(transformer)
+    else:
+        from batchgen.engine import attention
+
+        attention.install(transformer, backend)
+
+
 def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling: bool = True,
                      family: Family = MOCHI) -> None:
     """Phase two: the transformer and VAE placed for the whole batch. A family without batchgen's own
@@ -179,19 +194,8 @@ def prepare_denoiser(pipe, profile: str, device: str, quality: bool, vae_tiling:
     if declared.placement == "cpu":
         pipe.to("cpu")
         return
-    # batchgen's attention: "prefix" is bit-identical to diffusers' (measured on the H100), no data-dependent
-    # shapes, so the blocks compile without graph breaks. Never "auto": it would pick FlashAttention 3 where
-    # installed, which changes pixels.
-    from batchgen.engine import attention
-
-    if not family.own_levers:
-        pass  # diffusers' own processor: the same pixels on every placement of the family
-    elif done.attention is None and declared.attention == "fp8":
-        from batchgen.engine import fp8_attention
-
-        fp8_attention.install_profile_recipe(pipe.transformer)
-    elif done.attention is None:
-        attention.install(pipe.transformer, declared.attention)
+    if family.own_levers and done.attention is None:
+        _install_attention(transformer, declared.attention)
     vae_dtype = torch.float32 if quality else torch.bfloat16
     pipe.vae.to(dtype=vae_dtype)
     if declared.placement == "model-offload":

@@ -295,6 +295,48 @@ class Renderer:
             torch.cuda.empty_cache()
         return new
 
+    def _call(self, job: Job, device) -> dict:
+        """The pipeline call for `job`: its shape and steps, and its texts' embeddings from phase one."""
+        import torch
+
+        pipe = self.pipe
+        dtype = pipe.transformer.dtype if declared(self.profile).placement == "cpu" else torch.bfloat16
+        embeds, mask = self._embeds[job.prompt]
+        kwargs = {"prompt_embeds": embeds.to(device, dtype)}
+        if mask is not None:
+            kwargs["prompt_attention_mask"] = mask.to(device)
+        if job.guidance_scale > 1:
+            neg, neg_mask = self._embeds[job.negative_prompt]
+            kwargs["negative_prompt_embeds"] = neg.to(device, dtype)
+            if neg_mask is not None:
+                kwargs["negative_prompt_attention_mask"] = neg_mask.to(device)
+        if self.family.fps_is_input:
+            kwargs["frame_rate"] = job.fps
+        return dict(num_frames=job.num_frames, height=job.height, width=job.width,
+                    num_inference_steps=job.num_inference_steps, guidance_scale=job.guidance_scale,
+                    output_type="latent", max_sequence_length=self.load().max_sequence_length, **kwargs)
+
+    def _before_call(self, job: Job, call: dict, table) -> None:
+        """Per-job state the pipeline call relies on: Mochi's modulation table, the cache hooks reset."""
+        if table is not None:
+            # Everything that shapes the transformer's inputs except the seed: same-prompt jobs share it.
+            key = (job.prompt, job.negative_prompt, job.guidance_scale, job.num_inference_steps,
+                   job.num_frames, job.height, job.width)
+            modulation.prepare(self.pipe, call, key)
+        if self.approximate:
+            # A job that failed mid-denoise leaves the cache hooks' step state behind; diffusers only
+            # resets it at the end of a call that finished. Every job starts clean.
+            self.pipe.transformer._reset_stateful_cache()
+
+    def _decode(self, latents, job: Job, generator) -> np.ndarray:
+        """The denoised latents to uint8 frames: Mochi's exact chunked decode, or the family's own."""
+        pipe = self.pipe
+        if self.family.own_levers:
+            video = decode_latents(pipe, latents, self.profile, self.device, self.quality)
+        else:
+            video = self.family.builders().decode(pipe, latents, job, generator)
+        return to_uint8(np.asarray(pipe.video_processor.postprocess_video(video, output_type="np")[0]))
+
     def render(self, job: Job, on_step: Callable[[int, int], None] | None = None) -> Rendered:
         import torch
 
@@ -309,19 +351,8 @@ class Renderer:
         self.encode(texts)
         self._ensure_denoiser()
         pipe = self.pipe
-        dtype = pipe.transformer.dtype if declared(self.profile).placement == "cpu" else torch.bfloat16
         device = torch.device(self.device)
-        embeds, mask = self._embeds[job.prompt]
-        kwargs = {"prompt_embeds": embeds.to(device, dtype)}
-        if mask is not None:
-            kwargs["prompt_attention_mask"] = mask.to(device)
-        if job.guidance_scale > 1:
-            neg, neg_mask = self._embeds[job.negative_prompt]
-            kwargs["negative_prompt_embeds"] = neg.to(device, dtype)
-            if neg_mask is not None:
-                kwargs["negative_prompt_attention_mask"] = neg_mask.to(device)
-        if self.family.fps_is_input:
-            kwargs["frame_rate"] = job.fps
+        call = self._call(job, device)
 
         def callback(pipeline, step, timestep, callback_kwargs):
             if on_step is not None:
@@ -331,29 +362,11 @@ class Renderer:
         cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        call = dict(
-            num_frames=job.num_frames,
-            height=job.height,
-            width=job.width,
-            num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale,
-            output_type="latent",
-            max_sequence_length=self.load().max_sequence_length,
-            **kwargs,
-        )
         table = peek(pipe.transformer).modulation
         switch = lora.apply(pipe, job.loras, self._loras, modulation_detached=table is not None)
         start = time.perf_counter()
         with torch.inference_mode():
-            if table is not None:
-                # Everything that shapes the transformer's inputs except the seed: same-prompt jobs share it.
-                key = (job.prompt, job.negative_prompt, job.guidance_scale, job.num_inference_steps,
-                       job.num_frames, job.height, job.width)
-                modulation.prepare(pipe, call, key)
-            if self.approximate:
-                # A job that failed mid-denoise leaves the cache hooks' step state behind; diffusers only
-                # resets it at the end of a call that finished. Every job starts clean.
-                pipe.transformer._reset_stateful_cache()
+            self._before_call(job, call, table)
             # A CPU generator per job: the same noise on any machine, whatever ran before it.
             generator = torch.Generator("cpu").manual_seed(job.seed)
             denoise_start = time.perf_counter()
@@ -367,11 +380,7 @@ class Renderer:
             peak_res = torch.cuda.max_memory_reserved(device) if cuda else None
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            if self.family is families.MOCHI:
-                video = decode_latents(pipe, output.frames, self.profile, self.device, self.quality)
-            else:
-                video = self.family.builders().decode(pipe, output.frames, job, generator)
-            frames = to_uint8(np.asarray(pipe.video_processor.postprocess_video(video, output_type="np")[0]))
+            frames = self._decode(output.frames, job, generator)
         end = time.perf_counter()
         decode_peak = None
         if cuda:
