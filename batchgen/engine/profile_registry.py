@@ -204,9 +204,13 @@ _IN_FLIGHT_GIB = 1.0  # group offload: the embedders and the blocks being copied
 _STREAMED_ENCODER_SHARE = 0.25
 
 
+def _bf16_gib(params_b: float) -> float:
+    return params_b * 1e9 * 2 / 2**30
+
+
 def _family_peak_gib(p: Profile, memory: "Memory", frames: int, height: int, width: int,
                      weights_gib: float | None) -> float:
-    full = weights_gib if weights_gib is not None else memory.denoiser_params_b * 1e9 * 2 / 2**30
+    full = weights_gib if weights_gib is not None else _bf16_gib(memory.denoiser_params_b)
     if p.placement == "group-offload":
         # Never more than the whole model: a small one simply keeps every block resident.
         on_gpu = min(full, settings.group_offload_resident_gib() + _IN_FLIGHT_GIB)
@@ -214,10 +218,10 @@ def _family_peak_gib(p: Profile, memory: "Memory", frames: int, height: int, wid
         on_gpu = full * _WEIGHT_SHARE.get(p.weights, 1.0)
     # Phase one holds the text encoder alone (the denoiser is placed after it is freed). Mochi's own model
     # leaves it out: T5's 8.9 GiB is below every Mochi denoise peak; a 1.3B Wan's is not.
-    encoder = memory.text_encoder_params_b * 1e9 * 2 / 2**30
+    encoder = _bf16_gib(memory.text_encoder_params_b)
     encode = encoder * (_STREAMED_ENCODER_SHARE if p.streams_text_encoder else 1.0)
     ktokens = memory.latent_tokens(frames, height, width) / 1000
-    vae = memory.vae_params_b * 1e9 * 2 / 2**30
+    vae = _bf16_gib(memory.vae_params_b)
     denoise = on_gpu + (memory.activation_gib_per_ktoken or _ACTIVATION_GIB_PER_KTOKEN) * ktokens
     decode_beside = on_gpu if p.decodes_beside_denoiser else 0.0
     decode = decode_beside + vae + (memory.decode_gib_per_ktoken or 0.0) * ktokens

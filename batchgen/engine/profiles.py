@@ -22,6 +22,7 @@ from batchgen.engine.profile_registry import (
     precision,
 )
 from batchgen.engine.families import Family, Memory
+from batchgen.engine.families.registry import cached_index
 from batchgen.errors import BatchgenError
 
 # What run/, the renderer and the tests use from here: the registry's questions (re-exported) and the choice.
@@ -69,14 +70,9 @@ def _transformer_bf16_gib(model: str) -> float | None:
     import re
 
     root = Path(model).expanduser()
-    if not root.is_dir() and model.count("/") == 1:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(model, "model_index.json")
-        except Exception:  # an id the hub library refuses is simply not cached
-            found = None
-        root = Path(found).parent if isinstance(found, str) else root
+    if not root.is_dir():
+        index = cached_index(model)  # a hub id's snapshot, where it is cached
+        root = index.parent if index is not None else root
     groups: dict[str, list[Path]] = {}
     for f in sorted((root / "transformer").glob("*.safetensors")) if root.is_dir() else []:
         # name[.variant][-0000i-of-0000n].safetensors: the variant, if any, is the second dotted part.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchgen.engine.profile_registry import PROFILES
+from batchgen.engine.profile_registry import AUTO, PROFILES
 from batchgen.errors import ManifestError
 from batchgen.job import JOB_FIELDS
 from batchgen.manifest.csv_reader import read_csv
@@ -147,7 +147,7 @@ def _finish(draft: Draft, suffix: str, *, model, out, profile, approximate=None)
         _raise(draft.problems)
     if profile is not None:
         draft.profile = profile
-    refused = family.profile_problem(draft.profile) if draft.profile and draft.profile != "auto" else None
+    refused = family.profile_problem(draft.profile) if draft.profile and draft.profile != AUTO else None
     if refused:  # before anything loads: fp8-attn on a Wan model, say
         where = "--profile" if profile is not None else f"{draft.display}: field 'profile'"
         _raise([f"{where}: {refused}"])

@@ -51,10 +51,8 @@ def plan(
         key=lambda shape: tokens(*shape),
         default=None,
     )
-    try:
-        choice = profiles.resolve(manifest.profile, device, largest=largest, family=family, model=manifest.model)
-    except BatchgenError as exc:  # a profile the model's family cannot take: the manifest's field
-        raise BatchgenError(f"{manifest.path}: field 'profile': {exc}") from None
+    # A profile the family cannot take was refused by the manifest already, with its file and field.
+    choice = profiles.resolve(manifest.profile, device, largest=largest, family=family, model=manifest.model)
     refused = approximate.check_profile(manifest.approximate, choice.name)
     if refused:
         raise BatchgenError(f"{manifest.path}: field 'approximate': {refused}. Pick one of those with --profile "

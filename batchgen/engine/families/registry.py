@@ -153,7 +153,7 @@ def _own_family(model: str) -> Family | None:
     if found is not None:
         return found
     folder = Path(model).expanduser()
-    index = folder / "model_index.json" if folder.is_dir() else _cached_index(model)
+    index = folder / "model_index.json" if folder.is_dir() else cached_index(model)
     if index is not None and index.is_file():
         return _from_index(index, model)
     return None
@@ -198,7 +198,7 @@ def _from_index(index: Path, model: str) -> Family:
     return found
 
 
-def _cached_index(model: str) -> Path | None:
+def cached_index(model: str) -> Path | None:
     """model_index.json of a hub id already in the Hugging Face cache; None when it is not there."""
     if model.count("/") != 1:
         return None
