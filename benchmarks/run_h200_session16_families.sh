@@ -6,6 +6,8 @@
 # from the database) with a one-line summary:
 #   LTX-Video 2B, fast, 4 x 161 frames x 512x704 x 50 steps (benchmarks/manifests/e2e_family_ltx.yaml)
 #   Wan 2.1 1.3B, resident, 2 x 81 frames x 480x832 x 50 steps (benchmarks/manifests/e2e_family_wan.yaml)
+# With "recipes" in STAGES, diffusers' documented recipes for the same MODELS follow (bench_family_recipes.py),
+# so a model's profiles and its recipes come from one call.
 # All of it takes more than one 10-minute device call; STAGES picks the parts of this call, e.g.
 #   BUDGET=360 STAGES="test bench" bash benchmarks/run_h200_session16_families.sh
 #   STAGES="ltx wan" bash benchmarks/run_h200_session16_families.sh
@@ -61,6 +63,12 @@ if [[ $stages == *" bench "* ]]; then
   python3 benchmarks/bench_family_profiles.py ${MODELS:+--models "$MODELS"} ${PROFILES:+--profiles "$PROFILES"} \
     --out "$OUT/${BENCH_NAME:-family_profiles_h200}.json" --budget-s "${BUDGET:-420}" 2>&1 \
     | grep -v -e "it/s]" -e "s/it]" | log
+fi
+if [[ $stages == *" recipes "* ]]; then
+  # diffusers' documented recipes for the same MODELS, in the same call as their profiles (RECIPES to pick).
+  python3 benchmarks/bench_family_recipes.py ${MODELS:+--models "$MODELS"} ${RECIPES:+--recipes "$RECIPES"} \
+    --out "$OUT/${RECIPES_NAME:-family_recipes_h200}.json" --budget-s "${RECIPE_BUDGET:-480}" 2>&1 \
+    | grep -v -e "it/s]" -e "s/it]" -e "should be kept in float32" | log
 fi
 if [[ $stages == *" ltx "* || $stages == *" wan "* ]] && ! python3 -c "import imageio, imageio_ffmpeg" 2>/dev/null; then
   echo "imageio / imageio-ffmpeg missing: the end-to-end batches cannot write MP4s, skipped" | log
