@@ -26,7 +26,6 @@ Usage (device): python benchmarks/bench_fp8_attention.py --out $OUT/fp8.json [--
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib
 import json
@@ -41,6 +40,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from helpers import cuda_median_ms  # noqa: E402
 
 HEIGHT, WIDTH, TEXT_TOKENS = 480, 848, 256
 TEXT_LENGTHS = (9, 21)  # valid T5 tokens of the CFG pair (negative, prompt), as bench_speed.py
@@ -106,18 +108,7 @@ def bench_attention(args, frames: int, fa, report_row: dict) -> None:
     report_row.update({"frames": frames, "tokens": s, "valid": valid, "flop": flop, "data": {}})
 
     def timed(fn, iters):
-        for _ in range(args.attn_warmup):
-            out = fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return statistics.median(times), out
+        return cuda_median_ms(fn, iters, args.attn_warmup)
 
     iters = args.attn_iters if frames > 100 else args.attn_iters * 3
     for data in args.attn_data.split(","):

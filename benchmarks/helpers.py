@@ -34,3 +34,24 @@ def materialize_transformer(pipe, device: str = "cuda", seed: int = 0) -> None:
     _randomize(transformer, seed)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def cuda_median_ms(fn, iters: int = 10, warmup: int = 2):
+    """(median milliseconds of fn() on the GPU by CUDA events, fn's last output), after `warmup` calls."""
+    import statistics
+
+    import torch
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times), out
