@@ -252,7 +252,12 @@ class Variant:
         blocks = transformer.transformer_blocks
         if self.attn != "exact":
             exact = {bi: blocks[bi].attn1.processor for bi in self.keep if bi < len(blocks)}
-            opts = {"smooth_v": True} if self.attn == "fp8-smoothv" else {}
+            opts = {"smooth_v": True} if self.attn.startswith("fp8-smoothv") else {}
+            if self.attn == "fp8-v2":
+                opts = {"bounded": True}
+            # -batched / -v2: FA3's dense batched call with per-sample key counts (the emulated kernel on the CPU)
+            if self.attn in ("fp8-v2", "fp8-smoothv-batched") and kernel != "emulated":
+                kernel = "fa3-batched"
             used = fp8mod().install(transformer, kernel, **opts)
             for bi, proc in exact.items():  # "sensitive" blocks: exact attention and bf16 linears
                 blocks[bi].attn1.processor = proc
@@ -327,6 +332,12 @@ VARIANTS = {
     "fp8attn-smoothv+fp8mm": Variant("fp8attn-smoothv+fp8mm", attn="fp8-smoothv", linears="fp8mm"),
     "fp8attn-smoothv": Variant("fp8attn-smoothv", attn="fp8-smoothv"),
     "fp8attn-smoothv+ao-row": Variant("fp8attn-smoothv+ao-row", attn="fp8-smoothv", linears="ao-row"),
+    # Session 18: the same recipe through FA3's batched call; the v2 recipe (static Q scale from the QK
+    # RMSNorm weights, one-pass K/V statistics, the masking fused after the kernel, batched call).
+    "fp8attn-smoothv-batched+fp8mm": Variant("fp8attn-smoothv-batched+fp8mm", attn="fp8-smoothv-batched", linears="fp8mm"),
+    "fp8attn-v2+fp8mm": Variant("fp8attn-v2+fp8mm", attn="fp8-v2", linears="fp8mm"),
+    "fp8attn-v2+ao-row": Variant("fp8attn-v2+ao-row", attn="fp8-v2", linears="ao-row"),
+    "fp8attn-v2": Variant("fp8attn-v2", attn="fp8-v2"),
     # First and last two blocks entirely exact (attention and linears): the "sensitive layers in bf16" try.
     "fp8attn-smoothv+fp8mm-keep4": Variant("fp8attn-smoothv+fp8mm-keep4", attn="fp8-smoothv", linears="fp8mm",
                                            keep_bf16_blocks=(0, 1, 46, 47)),

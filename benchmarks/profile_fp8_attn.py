@@ -36,8 +36,9 @@ sys.path.insert(0, str(HERE))
 from helpers import cuda_median_ms  # noqa: E402
 
 TEXT = 256
-KINDS = (("attention", ("flash", "fmha", "attn")), ("gemm", ("gemm", "sm90", "cutlass", "xmma", "nvjet", "scaled_mm")),
-         ("triton", ("triton",)))
+# Triton first: inductor names its fused kernels after the ops they absorb ("..._scaled_mm_...", "..._attention_fp8_...")
+KINDS = (("triton", ("triton",)), ("attention", ("flash", "fmha", "attn")),
+         ("gemm", ("gemm", "sm90", "cutlass", "xmma", "nvjet", "scaled_mm")))
 
 
 def _time(fn, iters: int = 10) -> float:
@@ -210,10 +211,11 @@ def main() -> int:
     ap.add_argument("--frames", default="25,163")
     ap.add_argument("--out")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--recipes", default="v1", help="fp8 attention recipes to trace: v1 (the profile's), v2")
     args = ap.parse_args()
     import torch
 
-    from batchgen.engine import placement, realsize
+    from batchgen.engine import fp8_attention, placement, realsize
 
     device = "cpu" if args.tiny else "cuda"
     report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
@@ -226,8 +228,6 @@ def main() -> int:
 
         bfa.HEIGHT, bfa.WIDTH = 32, 32
         frames = [7]
-        from batchgen.engine import fp8_attention
-
         fp8_attention.install(pipe.transformer, "emulated", smooth_v=True)
     else:
         pipe = realsize.build_realsize_pipeline("cuda")
@@ -241,8 +241,18 @@ def main() -> int:
     if "trace" in stages:
         if device == "cuda":
             placement.prepare_denoiser(pipe, "fp8-attn", "cuda", quality=False)
-        for f in frames:
-            report.setdefault("trace", []).append(trace(pipe, f, device))
+        for recipe in args.recipes.split(","):
+            # v1: the profile's recipe as placed; v2: fp8_attention.attention_fp8_bounded, FA3's batched call
+            # (prepare_denoiser compiles lazily, so the processors swapped here are the ones traced).
+            torch._dynamo.reset()
+            if recipe == "v2":
+                fp8_attention.install(pipe.transformer, "emulated" if args.tiny else "fa3-batched", bounded=True)
+            elif device == "cuda":
+                fp8_attention.install_profile_recipe(pipe.transformer)
+            for f in frames:
+                row = trace(pipe, f, device)
+                row["recipe"] = recipe
+                report.setdefault("trace", []).append(row)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0

@@ -138,3 +138,68 @@ def test_fp8_attn_placement_installs_the_recipe(monkeypatch):
     proc = pipe.transformer.transformer_blocks[0].attn1.processor
     assert (proc.kernel, proc.smooth_k, proc.smooth_v) == ("fa3", True, True)
     assert state(pipe.transformer).attention == "fp8-fa3"
+
+
+# -- the v2 recipe (attention_fp8_bounded) --------------------------------------------------------------
+def test_one_pass_statistics_give_the_same_e4m3_values_as_two_passes():
+    _, k, _, valid = _data(offset=2.0)
+    k[0, 260] = float("nan")  # a padded token: kept out of both
+    two = fa.quantize(k, valid, smooth=True)
+    one = fa.quantize_one_pass(k, valid)
+    assert torch.equal(two[0].view(torch.uint8), one[0].view(torch.uint8))
+    assert torch.equal(two[1], one[1]) and torch.equal(two[2], one[2])
+
+
+def test_rms_norm_bound_holds_for_any_input_after_rotary():
+    from diffusers.models.normalization import MochiRMSNorm
+
+    from batchgen.engine.attention import _rotary
+
+    norm = MochiRMSNorm(128, 1e-5, True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(128, generator=torch.Generator().manual_seed(3)) * 2)
+    bound = fa.rms_norm_bound(norm).detach()
+    # the worst case: all of a vector's length in the channel pair with the largest weight
+    x = torch.randn(4, 50, 2, 128)
+    top = int(norm.weight.abs().argmax())
+    x[0, 0, 0] = 0.0
+    x[0, 0, 0, top] = 1.0
+    angle = torch.rand(50, 1, 64) * 6.3
+    angle[0] = 0.0  # token 0 unrotated: its value in `top` is the bound itself
+    y = _rotary(norm(x.bfloat16()), torch.cos(angle), torch.sin(angle))
+    assert float(y.float().abs().amax()) <= float(bound)
+    assert float(y.float().abs().amax()) > 0.9 * float(bound) / 1.01  # and it is tight for that case
+
+
+def test_bounded_recipe_is_close_to_exact_and_ignores_padded_nan():
+    q, k, v, valid = _data(offset=2.0)
+    want = joint_attention(q.float(), k.float(), v.float(), valid, "sdpa")
+    bound = q.float().abs().amax() * 3  # any bound above |q| (the processor takes the norm's)
+    got = fa.attention_fp8_bounded(q, k, v, valid, bound, "emulated")
+    assert got.dtype == torch.bfloat16 and _rel(got, want) < 0.06
+    assert torch.equal(got[0, 250:], torch.zeros_like(got[0, 250:]))
+    for t in (k, v):
+        t[0, 250:] = float("nan")
+    assert torch.equal(fa.attention_fp8_bounded(q, k, v, valid, bound, "emulated"), got)
+
+
+def test_bounded_processor_in_a_tiny_model_is_close_to_the_exact_path():
+    from batchgen.engine import attention
+    from batchgen.engine.families import MOCHI
+
+    pipe = MOCHI.builders().build_tiny()
+    transformer = pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    cfg = transformer.config
+    inputs = dict(hidden_states=torch.randn(2, cfg.in_channels, 2, 8, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(2, 16, cfg.text_embed_dim, generator=gen),
+                  timestep=torch.tensor([500, 500]), encoder_attention_mask=torch.ones(2, 16, dtype=torch.bool),
+                  return_dict=False)
+    inputs["encoder_attention_mask"][0, 9:] = False
+    with torch.no_grad():
+        attention.install(transformer, "sdpa")
+        want = transformer(**inputs)[0]
+        assert fa.install(transformer, "emulated", bounded=True) == "fp8b-emulated"
+        got = transformer(**inputs)[0]
+    attention.uninstall(transformer)
+    assert torch.isfinite(got).all() and 0 < _rel(got, want) < 0.1

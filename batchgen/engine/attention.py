@@ -183,14 +183,14 @@ class BatchgenMochiAttnProcessor:
         value = torch.cat([value, enc_value], dim=1)
         key_valid = _key_valid(attention_mask, num_video)
 
-        out = self._attend(query, key, value, key_valid, hidden_states.dtype).flatten(2, 3)
+        out = self._attend(query, key, value, key_valid, hidden_states.dtype, attn).flatten(2, 3)
         hidden_states, encoder_hidden_states = out.split_with_sizes((num_video, num_text), dim=1)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if hasattr(attn, "to_add_out"):
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
 
-    def _attend(self, query, key, value, key_valid, dtype: torch.dtype) -> torch.Tensor:
+    def _attend(self, query, key, value, key_valid, dtype: torch.dtype, attn=None) -> torch.Tensor:
         # The attention core alone: other kernels (fp8_attention.py) replace it and keep the projections,
         # norms, rotary embedding and output around it, which must stay diffusers' exactly.
         return joint_attention(query, key, value, key_valid, self.backend)

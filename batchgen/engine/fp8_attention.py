@@ -50,7 +50,7 @@ from batchgen.engine.module_state import state
 
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
-KERNELS = ("fa3", "fa3-prefix", "cudnn", "emulated")
+KERNELS = ("fa3", "fa3-batched", "fa3-prefix", "cudnn", "emulated")
 DEFAULT_KERNEL = "fa3"
 # fp8 tensor cores with these kernels: Hopper (9.0). FA3's fp8 path is sm90-only; cuDNN's fp8 SDPA needs
 # 9.0 or newer (Blackwell builds differ and are not measured here).
@@ -80,6 +80,17 @@ def _fa3(q8, k8, v8, qd, kd, vd, key_valid):
     if isinstance(out, tuple):
         out = out[0]
     return out.view(b, s, h, d)
+
+
+def _fa3_batched(q8, k8, v8, qd, kd, vd, key_valid):
+    # The dense batched call with per-sample key counts: no cu_seqlens, every query row computed (the
+    # padded text queries are a few hundred of tens of thousands, and masked after).
+    b, s, h, d = q8.shape
+    out = fa3_module()._flash_attn_forward(
+        q8, k8, v8, seqused_k=key_valid.sum(dim=1, dtype=torch.int32), max_seqlen_q=s, max_seqlen_k=s,
+        q_descale=qd, k_descale=kd, v_descale=vd,
+    )
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _fa3_prefix(q8, k8, v8, qd, kd, vd, key_valid):
@@ -191,7 +202,7 @@ def _emulated(q8, k8, v8, qd, kd, vd, key_valid):
     return out.transpose(1, 2).to(torch.bfloat16)
 
 
-_KERNELS = {"fa3": _fa3, "fa3-prefix": _fa3_prefix, "cudnn": _cudnn, "emulated": _emulated}
+_KERNELS = {"fa3": _fa3, "fa3-batched": _fa3_batched, "fa3-prefix": _fa3_prefix, "cudnn": _cudnn, "emulated": _emulated}
 
 
 @torch.library.custom_op("batchgen::mochi_joint_attention_fp8", mutates_args=())
@@ -208,6 +219,22 @@ def joint_attention_fp8(
 
 
 @joint_attention_fp8.register_fake
+def _(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel):
+    return torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
+
+
+@torch.library.custom_op("batchgen::mochi_joint_attention_fp8_raw", mutates_args=())
+def joint_attention_fp8_raw(
+    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    key_valid: torch.Tensor, kernel: str,
+) -> torch.Tensor:
+    """joint_attention_fp8 without the masking of invalid query rows (they hold anything, NaN included):
+    the caller masks them in the same fused kernel that adds V's mean back, one pass over O fewer."""
+    return _KERNELS[kernel](q8, k8, v8, q_descale, k_descale, v_descale, key_valid).contiguous()
+
+
+@joint_attention_fp8_raw.register_fake
 def _(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel):
     return torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
 
@@ -236,6 +263,52 @@ def quantize(x: torch.Tensor, valid: torch.Tensor, *, smooth: bool = False, per_
     return x8, (amax / E4M3_MAX).contiguous(), mean
 
 
+def quantize_one_pass(x: torch.Tensor, valid: torch.Tensor):
+    """quantize(x, valid, smooth=True) with its statistics in one reduction over the tokens rather than
+    two: the per-channel sum, max and min give the mean and max |x - mean| = max(max - mean, mean - min)
+    exactly (subtracting a constant is monotonic under rounding), so the e4m3 values are the same math."""
+    m = valid[:, :, None, None]
+    xf = x.float()
+    count = m.sum(dim=1, keepdim=True).clamp_min(1)
+    mean = torch.where(m, xf, 0.0).sum(dim=1, keepdim=True) / count
+    hi = torch.where(m, xf, float("-inf")).amax(dim=1, keepdim=True)
+    lo = torch.where(m, xf, float("inf")).amin(dim=1, keepdim=True)
+    amax = torch.maximum(hi - mean, mean - lo).amax(dim=3)[:, 0].clamp_min(1e-8)  # (B, H)
+    scale = E4M3_MAX / amax
+    x8 = torch.where(m, (xf - mean) * scale[:, None, :, None], 0.0).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
+    return x8, (amax / E4M3_MAX).contiguous(), mean
+
+
+def quantize_bounded(x: torch.Tensor, bound: torch.Tensor):
+    """e4m3 with a scale known before x is: `bound` (a 0-d tensor) >= every |x|. No reduction over the
+    tokens, so the cast fuses into the kernel that makes x (the rotary embedding). e4m3 is a floating
+    format: a scale that maps the largest possible value rather than the largest actual one to 448 costs
+    no relative precision, only the subnormal range far below the values that matter."""
+    b, _, h, _ = x.shape
+    scale = E4M3_MAX / bound.float().clamp_min(1e-8)
+    x8 = (x.float() * scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
+    return x8, (bound.float().clamp_min(1e-8) / E4M3_MAX).expand(b, h).contiguous()
+
+
+def rms_norm_bound(*norms) -> torch.Tensor:
+    """Largest |value| an RMSNorm over D channels with these weights can output, rotary applied after or
+    not: the normalised vector has length sqrt(D) (less with eps), each output channel is at most that
+    times max |weight|, and the rotary embedding turns pairs of channels without lengthening them.
+    1% over, for bf16 rounding on the way."""
+    w = torch.stack([n.weight.detach().abs().amax().float() for n in norms]).amax()
+    return w * (norms[0].weight.shape[-1] ** 0.5) * 1.01
+
+
+def attention_fp8_bounded(q, k, v, key_valid, q_bound: torch.Tensor, kernel: str = "fa3-batched") -> torch.Tensor:
+    """The v2 recipe: Q scaled by its static bound (no reduction), K and V mean-smoothed with one-pass
+    statistics, the masking and V's mean fused after the kernel. bf16 out."""
+    q8, qd = quantize_bounded(q, q_bound)
+    k8, kd, _ = quantize_one_pass(k, key_valid)
+    v8, vd, v_mean = quantize_one_pass(v, key_valid)
+    out = joint_attention_fp8_raw(q8, k8, v8, qd, kd, vd, key_valid, kernel)
+    return torch.where(key_valid[:, :, None, None], out.float() + v_mean, 0.0).to(torch.bfloat16)
+
+
 def attention_fp8(q, k, v, key_valid, kernel: str = DEFAULT_KERNEL, *, smooth_k: bool = True,
                   smooth_v: bool = False, per_tensor: bool | None = None) -> torch.Tensor:
     """The joint attention in fp8: quantize, attend, add V's mean back if it was taken out. bf16 out."""
@@ -260,9 +333,21 @@ class Fp8MochiAttnProcessor(BatchgenMochiAttnProcessor):
         self.kernel, self.smooth_k, self.smooth_v = kernel, smooth_k, smooth_v
         self.backend = f"fp8-{kernel}"
 
-    def _attend(self, query, key, value, key_valid, dtype: torch.dtype) -> torch.Tensor:
+    def _attend(self, query, key, value, key_valid, dtype: torch.dtype, attn=None) -> torch.Tensor:
         return attention_fp8(query, key, value, key_valid, self.kernel, smooth_k=self.smooth_k,
                              smooth_v=self.smooth_v).to(dtype)
+
+
+class Fp8BoundedMochiAttnProcessor(Fp8MochiAttnProcessor):
+    """The v2 recipe (attention_fp8_bounded): Q's scale from the block's query RMSNorm weights."""
+
+    def __init__(self, kernel: str = "fa3-batched"):
+        super().__init__(kernel, smooth_k=True, smooth_v=True)
+        self.backend = f"fp8b-{kernel}"
+
+    def _attend(self, query, key, value, key_valid, dtype: torch.dtype, attn=None) -> torch.Tensor:
+        bound = rms_norm_bound(attn.norm_q, attn.norm_added_q)
+        return attention_fp8_bounded(query, key, value, key_valid, bound, self.kernel).to(dtype)
 
 
 # The fp8-attn profile's recipe (its precision tag names it): V smoothing on, since it cut the model's
@@ -276,9 +361,10 @@ def install_profile_recipe(transformer) -> str:
     return install(transformer, options.pop("kernel"), **options)
 
 
-def install(transformer, kernel: str = DEFAULT_KERNEL, **options) -> str:
-    """Put Fp8MochiAttnProcessor on every block; returns the name recorded as the attention backend."""
-    processor = Fp8MochiAttnProcessor(kernel, **options)
+def install(transformer, kernel: str = DEFAULT_KERNEL, *, bounded: bool = False, **options) -> str:
+    """Put Fp8MochiAttnProcessor (`bounded`: the v2 recipe's) on every block; returns the name recorded as
+    the attention backend."""
+    processor = Fp8BoundedMochiAttnProcessor(kernel) if bounded else Fp8MochiAttnProcessor(kernel, **options)
     for block in transformer.transformer_blocks:
         block.attn1.processor = processor
     state(transformer).attention = processor.backend
