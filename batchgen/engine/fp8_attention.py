@@ -32,7 +32,7 @@ Kernels (`KERNELS`), chosen by measurement on an H200 (benchmarks/results/FP8_AT
 - `emulated`: dequantize and run SDPA in fp32. Not fast: the reference the tests check the quantization
   against (runs anywhere, the CPU included).
 
-The attention core is one opaque custom op (`batchgen::mochi_joint_attention_fp8`) taking the quantized
+The attention core is one opaque custom op (`batchgen::mochi_joint_attention_fp8_raw`) taking the quantized
 tensors, so torch.compile fuses the quantization into the surrounding kernels (rotary, concatenation)
 and traces whole blocks without a break, as batchgen.attention does for the exact path.
 """
@@ -205,38 +205,29 @@ def _emulated(q8, k8, v8, qd, kd, vd, key_valid):
 _KERNELS = {"fa3": _fa3, "fa3-batched": _fa3_batched, "fa3-prefix": _fa3_prefix, "cudnn": _cudnn, "emulated": _emulated}
 
 
-@torch.library.custom_op("batchgen::mochi_joint_attention_fp8", mutates_args=())
-def joint_attention_fp8(
-    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
-    key_valid: torch.Tensor, kernel: str,
-) -> torch.Tensor:
-    """Softmax attention of e4m3 (B, S, H, D) q over k/v restricted to `key_valid` keys, each tensor
-    multiplied back by its (B, H) float32 descale. Returns bf16 (B, S, H, D); rows of invalid queries are 0."""
-    out = _KERNELS[kernel](q8, k8, v8, q_descale, k_descale, v_descale, key_valid)
-    # where, not a product: a kernel may leave the rows it skipped unwritten (NaN * 0 is NaN).
-    return torch.where(key_valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
-
-
-@joint_attention_fp8.register_fake
-def _(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel):
-    return torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
-
-
 @torch.library.custom_op("batchgen::mochi_joint_attention_fp8_raw", mutates_args=())
 def joint_attention_fp8_raw(
     q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
     key_valid: torch.Tensor, kernel: str,
 ) -> torch.Tensor:
-    """joint_attention_fp8 without the masking of invalid query rows (they hold anything, NaN included):
-    the caller masks them in the same fused kernel that adds V's mean back, one pass over O fewer."""
+    """The kernel alone: joint_attention_fp8 without the masking of invalid query rows (they hold anything,
+    NaN included), which the caller fuses with whatever reads O next (V's mean, the output projection)."""
     return _KERNELS[kernel](q8, k8, v8, q_descale, k_descale, v_descale, key_valid).contiguous()
 
 
 @joint_attention_fp8_raw.register_fake
 def _(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel):
     return torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
+
+
+def joint_attention_fp8(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel: str) -> torch.Tensor:
+    """Softmax attention of e4m3 (B, S, H, D) q over k/v restricted to `key_valid` keys, each tensor
+    multiplied back by its (B, H) float32 descale. Returns bf16 (B, S, H, D); rows of invalid queries are 0."""
+    out = joint_attention_fp8_raw(q8, k8, v8, q_descale, k_descale, v_descale, key_valid, kernel)
+    # where, not a product: a kernel may leave the rows it skipped unwritten (NaN * 0 is NaN). Outside the
+    # op, so that the compiler fuses it into what reads O next.
+    return torch.where(key_valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 # -- quantization ----------------------------------------------------------------------------------------
