@@ -233,6 +233,15 @@ def choose_kernel(attn_rows: list[dict]) -> str | None:
 
 
 # -- stage 2: steps --------------------------------------------------------------------------------------
+# A variant's fp8 attention: fp8_attention.install's options, and whether it takes FA3's batched call.
+FP8_ATTN = {
+    "fp8": ({}, False),
+    "fp8-smoothv": ({"smooth_v": True}, False),
+    "fp8-smoothv-batched": ({"smooth_v": True}, True),
+    "fp8-v2": ({"bounded": True}, True),  # attention_fp8_bounded
+}
+
+
 class Variant:
     """One way of running the transformer: attention (exact | fp8), linears, compiled or eager."""
 
@@ -252,11 +261,8 @@ class Variant:
         blocks = transformer.transformer_blocks
         if self.attn != "exact":
             exact = {bi: blocks[bi].attn1.processor for bi in self.keep if bi < len(blocks)}
-            opts = {"smooth_v": True} if self.attn.startswith("fp8-smoothv") else {}
-            if self.attn == "fp8-v2":
-                opts = {"bounded": True}
-            # -batched / -v2: FA3's dense batched call with per-sample key counts (the emulated kernel on the CPU)
-            if self.attn in ("fp8-v2", "fp8-smoothv-batched") and kernel != "emulated":
+            opts, batched = FP8_ATTN[self.attn]
+            if batched and kernel != "emulated":  # FA3's dense batched call (the emulated kernel on the CPU)
                 kernel = "fa3-batched"
             used = fp8mod().install(transformer, kernel, **opts)
             for bi, proc in exact.items():  # "sensitive" blocks: exact attention and bf16 linears
