@@ -239,6 +239,7 @@ FP8_ATTN = {
     "fp8-smoothv": ({"smooth_v": True}, False),
     "fp8-smoothv-batched": ({"smooth_v": True}, True),
     "fp8-v2": ({"bounded": True}, True),  # attention_fp8_bounded
+    "fp8-v2h": ({"halves": True}, True),  # the same, query/key channels in half-split order (qk_halves.py)
 }
 
 
@@ -264,7 +265,13 @@ class Variant:
             opts, batched = FP8_ATTN[self.attn]
             if batched and kernel != "emulated":  # FA3's dense batched call (the emulated kernel on the CPU)
                 kernel = "fa3-batched"
-            used = fp8mod().install(transformer, kernel, **opts)
+            if opts.get("halves"):  # weights permuted in place: no exact block can stay beside them
+                assert not exact, "keep_bf16_blocks with half-split channels"
+                qk = bg("qk_halves")
+                used = qk.install(transformer, kernel)
+                self._undo.append(("call", qk.to_interleaved, transformer))
+            else:
+                used = fp8mod().install(transformer, kernel, **opts)
             for bi, proc in exact.items():  # "sensitive" blocks: exact attention and bf16 linears
                 blocks[bi].attn1.processor = proc
         if self.linears in ("fp8mm", "fp8mm-acc"):
@@ -314,7 +321,9 @@ class Variant:
         bcompile = bg("compile")
         bcompile.uncompile_blocks(transformer)
         for a, b, c in reversed(self._undo):
-            if a == "weight":
+            if a == "call":
+                b(c)
+            elif a == "weight":
                 b.weight = c
             else:
                 setattr(a, b, c)
@@ -344,6 +353,9 @@ VARIANTS = {
     "fp8attn-v2+fp8mm": Variant("fp8attn-v2+fp8mm", attn="fp8-v2", linears="fp8mm"),
     "fp8attn-v2+ao-row": Variant("fp8attn-v2+ao-row", attn="fp8-v2", linears="ao-row"),
     "fp8attn-v2": Variant("fp8attn-v2", attn="fp8-v2"),
+    # Session 19: v2 with the query/key channels de-interleaved, so the norm + rotary kernel reads halves.
+    "fp8attn-v2h+fp8mm": Variant("fp8attn-v2h+fp8mm", attn="fp8-v2h", linears="fp8mm"),
+    "fp8attn-v2h": Variant("fp8attn-v2h", attn="fp8-v2h"),
     # First and last two blocks entirely exact (attention and linears): the "sensitive layers in bf16" try.
     "fp8attn-smoothv+fp8mm-keep4": Variant("fp8attn-smoothv+fp8mm-keep4", attn="fp8-smoothv", linears="fp8mm",
                                            keep_bf16_blocks=(0, 1, 46, 47)),

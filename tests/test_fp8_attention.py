@@ -22,6 +22,18 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _tiny_inputs(transformer) -> dict:
+    """One CFG-batch forward's inputs for a tiny Mochi transformer, the first prompt padded."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = transformer.config
+    inputs = dict(hidden_states=torch.randn(2, cfg.in_channels, 2, 8, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(2, 16, cfg.text_embed_dim, generator=gen),
+                  timestep=torch.tensor([500, 500]), encoder_attention_mask=torch.ones(2, 16, dtype=torch.bool),
+                  return_dict=False)
+    inputs["encoder_attention_mask"][0, 9:] = False
+    return inputs
+
+
 def test_quantize_scales_each_head_to_e4m3_range():
     q, _, _, valid = _data()
     q8, descale, mean = fa.quantize(q, valid)
@@ -189,13 +201,7 @@ def test_bounded_processor_in_a_tiny_model_is_close_to_the_exact_path():
 
     pipe = MOCHI.builders().build_tiny()
     transformer = pipe.transformer
-    gen = torch.Generator().manual_seed(0)
-    cfg = transformer.config
-    inputs = dict(hidden_states=torch.randn(2, cfg.in_channels, 2, 8, 8, generator=gen),
-                  encoder_hidden_states=torch.randn(2, 16, cfg.text_embed_dim, generator=gen),
-                  timestep=torch.tensor([500, 500]), encoder_attention_mask=torch.ones(2, 16, dtype=torch.bool),
-                  return_dict=False)
-    inputs["encoder_attention_mask"][0, 9:] = False
+    inputs = _tiny_inputs(transformer)
     with torch.no_grad():
         attention.install(transformer, "sdpa")
         want = transformer(**inputs)[0]
@@ -203,3 +209,40 @@ def test_bounded_processor_in_a_tiny_model_is_close_to_the_exact_path():
         got = transformer(**inputs)[0]
     attention.uninstall(transformer)
     assert torch.isfinite(got).all() and 0 < _rel(got, want) < 0.1
+
+
+# -- query and key channels in half-split order (qk_halves) ---------------------------------------------
+def test_half_split_rotary_is_the_interleaved_one_permuted():
+    from batchgen.engine import qk_halves
+    from batchgen.engine.attention import _rotary
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 3, 128, generator=gen).bfloat16()
+    cos, sin = torch.randn(40, 3, 64, generator=gen), torch.randn(40, 3, 64, generator=gen)
+    order = qk_halves.halves_order(128)
+    assert torch.equal(qk_halves.rotary_halves(x[..., order], cos, sin), _rotary(x, cos, sin)[..., order])
+
+
+def test_half_split_model_matches_the_interleaved_recipe_and_puts_its_weights_back():
+    from batchgen.engine import attention, qk_halves
+    from batchgen.engine.families import MOCHI
+
+    transformer = MOCHI.builders().build_tiny().transformer
+    inputs = _tiny_inputs(transformer)
+    before = {n: p.clone() for n, p in transformer.named_parameters()}
+    with torch.no_grad():
+        attention.install(transformer, "sdpa")
+        exact = transformer(**inputs)[0]
+        fa.install(transformer, "emulated", bounded=True)
+        interleaved = transformer(**inputs)[0]
+        assert qk_halves.install(transformer, "emulated") == "fp8bh-emulated"
+        assert not torch.equal(transformer.transformer_blocks[0].attn1.to_q.weight, before["transformer_blocks.0.attn1.to_q.weight"])
+        halves = transformer(**inputs)[0]
+        qk_halves.to_interleaved(transformer)
+        attention.install(transformer, "sdpa")
+        again = transformer(**inputs)[0]
+    attention.uninstall(transformer)
+    # The same attention up to the order of sums: far closer to the interleaved recipe than either is to exact.
+    assert _rel(halves, interleaved) < 0.1 * _rel(interleaved, exact)
+    assert all(torch.equal(p, before[n]) for n, p in transformer.named_parameters())
+    assert torch.equal(again, exact)

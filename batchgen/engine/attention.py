@@ -148,6 +148,9 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class BatchgenMochiAttnProcessor:
     """Drop-in replacement for diffusers' MochiAttnProcessor2_0 (same call signature)."""
 
+    # The rotary embedding for the channel order of the model's queries and keys (qk_halves.py has another).
+    rotate = staticmethod(_rotary)
+
     def __init__(self, backend: str = "sdpa"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -174,8 +177,8 @@ class BatchgenMochiAttnProcessor:
         enc_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
         enc_value = heads(attn.add_v_proj(encoder_hidden_states))
         if image_rotary_emb is not None:
-            query = _rotary(query, *image_rotary_emb)
-            key = _rotary(key, *image_rotary_emb)
+            query = self.rotate(query, *image_rotary_emb)
+            key = self.rotate(key, *image_rotary_emb)
 
         # (B, N + T, H, D): video first, then text, as diffusers concatenates them.
         query = torch.cat([query, enc_query], dim=1)
