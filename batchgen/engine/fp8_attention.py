@@ -358,6 +358,11 @@ def install(transformer, kernel: str = DEFAULT_KERNEL, *, bounded: bool = False,
     """Put Fp8MochiAttnProcessor (`bounded`: the v2 recipe's) on every block; returns the name recorded as
     the attention backend."""
     processor = Fp8BoundedMochiAttnProcessor(kernel) if bounded else Fp8MochiAttnProcessor(kernel, **options)
+    return put_processor(transformer, processor)
+
+
+def put_processor(transformer, processor) -> str:
+    """`processor` on every block, recorded as the attention backend; returns its name."""
     for block in transformer.transformer_blocks:
         block.attn1.processor = processor
     state(transformer).attention = processor.backend

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from batchgen.engine.fp8_attention import Fp8BoundedMochiAttnProcessor
-from batchgen.engine.module_state import state
+from batchgen.engine.fp8_attention import Fp8BoundedMochiAttnProcessor, put_processor
 
 _QK_LINEARS = ("to_q", "to_k", "add_q_proj", "add_k_proj")
 _QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
@@ -57,18 +56,21 @@ def _permute(attn, order: torch.Tensor) -> None:
                 norm.weight.copy_(norm.weight[order.to(norm.weight.device)])
 
 
-def to_halves(transformer) -> None:
-    """Permute every block's query and key channels into half-split order (in place)."""
+def _reorder(transformer, inverse: bool) -> None:
     for block in transformer.transformer_blocks:
         attn = block.attn1
-        _permute(attn, halves_order(attn.to_q.weight.shape[0] // attn.heads))
+        order = halves_order(attn.to_q.weight.shape[0] // attn.heads)
+        _permute(attn, torch.argsort(order) if inverse else order)
+
+
+def to_halves(transformer) -> None:
+    """Permute every block's query and key channels into half-split order (in place)."""
+    _reorder(transformer, inverse=False)
 
 
 def to_interleaved(transformer) -> None:
     """Undo to_halves."""
-    for block in transformer.transformer_blocks:
-        attn = block.attn1
-        _permute(attn, torch.argsort(halves_order(attn.to_q.weight.shape[0] // attn.heads)))
+    _reorder(transformer, inverse=True)
 
 
 class Fp8BoundedHalvesProcessor(Fp8BoundedMochiAttnProcessor):
@@ -85,8 +87,4 @@ def install(transformer, kernel: str = "fa3-batched") -> str:
     """to_halves, then Fp8BoundedHalvesProcessor on every block; returns the backend name. Call
     to_interleaved before putting any other processor back."""
     to_halves(transformer)
-    processor = Fp8BoundedHalvesProcessor(kernel)
-    for block in transformer.transformer_blocks:
-        block.attn1.processor = processor
-    state(transformer).attention = processor.backend
-    return processor.backend
+    return put_processor(transformer, Fp8BoundedHalvesProcessor(kernel))
