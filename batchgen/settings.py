@@ -31,6 +31,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BATCHGEN_GROUP_OFFLOAD_RESIDENT_GIB", "4", "GiB of transformer blocks `group-offload` keeps on the GPU"),
     Variable("BATCHGEN_DECODE_LATENT_FRAMES", "1", "latent frames per VAE decode chunk on GPU profiles (0: all at once)"),
     Variable("BATCHGEN_INT8_KERNEL", "dequant", "the `int8` profile's multiply: `dequant` (precision int8-bf16) or `llm-int8` (bitsandbytes, precision int8)"),
+    Variable("BATCHGEN_FP8_ATTN_RECIPE", "v1", "the `fp8-attn` profile's attention: `v1` (per-head scales, K and V smoothed), `v2` (Q scaled by its RMSNorm bound) or `v2h` (v2, query/key channels in half-split order); each its own precision"),
     Variable("BATCHGEN_PRECOMPUTE_MODULATION", "", "unset: the profile decides; off: never precompute AdaLN modulation; on: also under `cpu`"),
     Variable("BATCHGEN_WRITE_BEHIND", "on", "encode each MP4 on a thread while the next job renders"),
     Variable("BATCHGEN_GALLERY_INTERVAL", "60", "seconds between gallery rewrites during batches of over 2000 jobs"),
@@ -109,6 +110,7 @@ def text(name: str) -> str:
 # Typed accessors, one per variable that batchgen's own code reads.
 
 INT8_KERNELS = ("dequant", "llm-int8")
+FP8_ATTN_RECIPES = ("v1", "v2", "v2h")
 
 
 def cpu_threads() -> int:
@@ -125,6 +127,10 @@ def decode_latent_frames() -> int:
 
 def int8_kernel() -> str:
     return choice("BATCHGEN_INT8_KERNEL", INT8_KERNELS)
+
+
+def fp8_attn_recipe() -> str:
+    return choice("BATCHGEN_FP8_ATTN_RECIPE", FP8_ATTN_RECIPES)
 
 
 def precompute_modulation() -> bool | None:

@@ -211,7 +211,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from batchgen.engine import fp8_attention, placement, realsize
+    from batchgen.engine import fp8_attention, fp8_attention_recipes, placement, realsize
 
     device = "cpu" if args.tiny else "cuda"
     report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
@@ -245,7 +245,7 @@ def main() -> int:
             elif args.tiny:
                 fp8_attention.install(pipe.transformer, "emulated", smooth_v=True)
             else:
-                fp8_attention.install_profile_recipe(pipe.transformer)
+                fp8_attention_recipes.install(pipe.transformer, "v1")
             for f in frames:
                 row = trace(pipe, f, device)
                 row["recipe"] = recipe

@@ -246,3 +246,83 @@ def test_half_split_model_matches_the_interleaved_recipe_and_puts_its_weights_ba
     assert _rel(halves, interleaved) < 0.1 * _rel(interleaved, exact)
     assert all(torch.equal(p, before[n]) for n, p in transformer.named_parameters())
     assert torch.equal(again, exact)
+
+
+# -- the profile's recipes (fp8_attention_recipes, BATCHGEN_FP8_ATTN_RECIPE) -----------------------------
+def test_each_fp8_attn_recipe_has_its_own_precision_and_a_bad_one_names_the_variable(monkeypatch):
+    from batchgen.engine import profiles
+    from batchgen.errors import BatchgenError
+
+    seen = set()
+    for recipe in ("v1", "v2", "v2h"):
+        monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", recipe)
+        seen.add(profiles.precision("fp8-attn"))
+    assert len(seen) == 3 and profiles.precision("fp8-fast") not in seen
+    monkeypatch.delenv("BATCHGEN_FP8_ATTN_RECIPE")
+    assert profiles.precision("fp8-attn") == "fp8attn-fa3-smoothkv+fp8-rowwise-compiled"  # v1's, as recorded before
+    monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", "v3")
+    with pytest.raises(BatchgenError, match="BATCHGEN_FP8_ATTN_RECIPE='v3'"):
+        profiles.precision("fp8-attn")
+
+
+def test_records_of_another_fp8_attn_recipe_say_which_setting_renders_them(monkeypatch, tmp_path):
+    from batchgen.engine import profile_registry, profiles
+    from batchgen.errors import BatchgenError
+    from batchgen.job import Job
+    from batchgen.run.supervisor import _refuse_kernel_switch
+    from batchgen.store import Store
+
+    monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", "v2")
+    v2 = profiles.precision("fp8-attn")
+    monkeypatch.delenv("BATCHGEN_FP8_ATTN_RECIPE")
+    v1 = profiles.precision("fp8-attn")
+    assert "set BATCHGEN_FP8_ATTN_RECIPE=v2" in profiles.kernel_hint(v2 + "+quality")
+    assert profiles.kernel_hint(v1) == "" and profile_registry.profile_for_precision(v2) == "fp8-attn"
+    assert profiles.kernel_switched(v2, v1) and not profiles.kernel_switched(v2, "int8-bf16")
+    store = Store(tmp_path)
+    try:
+        old = Job(prompt="a red fox", seed=1, num_frames=7, height=32, width=48, precision=v2)
+        store.add_jobs([old.with_(output_name=f"{old.job_id}.mp4")])
+        with pytest.raises(BatchgenError, match="BATCHGEN_FP8_ATTN_RECIPE=v2"):
+            _refuse_kernel_switch(tmp_path, store, "tiny", v1)
+        monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", "v2h")
+        assert "unset BATCHGEN_FP8_ATTN_RECIPE" in profiles.kernel_hint(v1)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("recipe, processor, backend", [
+    ("v2", "Fp8BoundedMochiAttnProcessor", "fp8b-fa3-batched"),
+    ("v2h", "Fp8BoundedHalvesProcessor", "fp8bh-fa3-batched"),
+])
+def test_placement_installs_the_recipe_the_setting_names(monkeypatch, recipe, processor, backend):
+    from batchgen.engine import compile as bcompile
+    from batchgen.engine import fp8_matmul, placement, qk_halves
+    from batchgen.engine.loading import build_tiny_pipeline
+    from batchgen.engine.module_state import state
+
+    monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", recipe)
+    monkeypatch.setattr(fp8_matmul, "convert_blocks", lambda t: 1)
+    monkeypatch.setattr(bcompile, "compile_blocks", lambda t, blocks="transformer_blocks": None)
+    pipe = build_tiny_pipeline()
+    placement.prepare_denoiser(pipe, "fp8-attn", "cpu", quality=False)
+    procs = {type(b.attn1.processor).__name__ for b in pipe.transformer.transformer_blocks}
+    assert procs == {processor} and state(pipe.transformer).attention == backend
+    assert qk_halves.halved(pipe.transformer) == (recipe == "v2h")
+
+
+def test_the_half_split_recipe_installed_twice_permutes_the_channels_once():
+    from batchgen.engine import fp8_attention_recipes, qk_halves
+    from batchgen.engine.families import MOCHI
+
+    transformer = MOCHI.builders().build_tiny().transformer
+    inputs = _tiny_inputs(transformer)
+    with torch.no_grad():
+        assert fp8_attention_recipes.install(transformer, "v2h", kernel="emulated") == "fp8bh-emulated"
+        once = transformer(**inputs)[0]
+        weights = transformer.transformer_blocks[0].attn1.to_q.weight.clone()
+        fp8_attention_recipes.install(transformer, "v2h", kernel="emulated")
+        assert torch.equal(transformer.transformer_blocks[0].attn1.to_q.weight, weights)
+        assert torch.equal(transformer(**inputs)[0], once)
+        qk_halves.to_interleaved(transformer)
+    assert not qk_halves.halved(transformer)

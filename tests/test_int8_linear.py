@@ -81,7 +81,7 @@ def test_int8_precision_names_its_kernel(monkeypatch):
     assert profiles.precision("int8", quality=True) == "int8-bf16+quality"
     monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
     assert profiles.precision("int8") == "int8"
-    assert profiles.int8_hint("int8+quality") == ""
+    assert profiles.kernel_hint("int8+quality") == ""
     monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "int4")
     with pytest.raises(BatchgenError, match="BATCHGEN_INT8_KERNEL='int4'"):
         profiles.precision("int8")
@@ -164,20 +164,20 @@ def test_layers_keeping_16_bit_weights_are_left_alone():
 
 def test_hints_point_both_ways_and_switches_are_detected(monkeypatch):
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
-    assert "BATCHGEN_INT8_KERNEL=llm-int8" in profiles.int8_hint("int8+quality")
-    assert profiles.int8_hint("int8-bf16") == "" and profiles.int8_hint("bf16") == ""
+    assert "BATCHGEN_INT8_KERNEL=llm-int8" in profiles.kernel_hint("int8+quality")
+    assert profiles.kernel_hint("int8-bf16") == "" and profiles.kernel_hint("bf16") == ""
     monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
-    assert "unset BATCHGEN_INT8_KERNEL" in profiles.int8_hint("int8-bf16+pab")
-    assert profiles.int8_kernel_switched("int8", "int8-bf16")
-    assert profiles.int8_kernel_switched("int8-bf16+quality", "int8+quality")
-    assert not profiles.int8_kernel_switched("int8", "int8-bf16+quality")
-    assert not profiles.int8_kernel_switched("int8", "int8")
-    assert not profiles.int8_kernel_switched("fp8", "int8-bf16")
+    assert "unset BATCHGEN_INT8_KERNEL" in profiles.kernel_hint("int8-bf16+pab")
+    assert profiles.kernel_switched("int8", "int8-bf16")
+    assert profiles.kernel_switched("int8-bf16+quality", "int8+quality")
+    assert not profiles.kernel_switched("int8", "int8-bf16+quality")
+    assert not profiles.kernel_switched("int8", "int8")
+    assert not profiles.kernel_switched("fp8", "int8-bf16")
 
 
 def test_a_folder_started_under_the_other_int8_kernel_is_not_rendered_again(tmp_path, monkeypatch):
     from batchgen.job import Job
-    from batchgen.run.supervisor import _refuse_int8_kernel_switch
+    from batchgen.run.supervisor import _refuse_kernel_switch
     from batchgen.store import Store
 
     monkeypatch.delenv("BATCHGEN_INT8_KERNEL", raising=False)
@@ -185,12 +185,12 @@ def test_a_folder_started_under_the_other_int8_kernel_is_not_rendered_again(tmp_
     try:
         old = Job(prompt="a red fox", seed=1, num_frames=7, height=32, width=48, precision="int8")
         store.add_jobs([old.with_(output_name=f"{old.job_id}.mp4")])
-        _refuse_int8_kernel_switch(tmp_path, store, "tiny", "fp32")  # other recipes may share a folder
+        _refuse_kernel_switch(tmp_path, store, "tiny", "fp32")  # other recipes may share a folder
         with pytest.raises(BatchgenError, match="BATCHGEN_INT8_KERNEL=llm-int8") as err:
-            _refuse_int8_kernel_switch(tmp_path, store, "tiny", "int8-bf16")
+            _refuse_kernel_switch(tmp_path, store, "tiny", "int8-bf16")
         assert "1 job(s) at precision int8" in str(err.value) and str(tmp_path) in str(err.value)
         monkeypatch.setenv("BATCHGEN_INT8_KERNEL", "llm-int8")
-        _refuse_int8_kernel_switch(tmp_path, store, "tiny", "int8")
+        _refuse_kernel_switch(tmp_path, store, "tiny", "int8")
     finally:
         store.close()
 

@@ -13,7 +13,7 @@ Scaling (SageAttention's recipe, adapted to a floating-point format):
   softmax (every score of a query moves by the same q.mean_k), and it keeps a large common component of
   the keys (real models have such channel offsets) from eating e4m3's three mantissa bits;
 - V is smoothed too (mean subtracted, added back to the output: exact because each softmax row sums
-  to one); the fp8-attn profile's recipe (PROFILE_RECIPE): it cut the whole model's per-forward error
+  to one); the fp8-attn profile's v1 recipe (fp8_attention_recipes.py): it cut the whole model's per-forward error
   from 0.235 to 0.079 at 163 frames (H200, random weights) at no measurable cost.
 - the means and scales are taken over valid tokens through `where`, never a product with the mask:
   padded tokens may hold NaN (torchao's float8 linears turn all-zero rows into NaN).
@@ -341,17 +341,6 @@ class Fp8BoundedMochiAttnProcessor(Fp8MochiAttnProcessor):
     def _attend(self, query, key, value, key_valid, dtype: torch.dtype, attn=None) -> torch.Tensor:
         bound = rms_norm_bound(attn.norm_q, attn.norm_added_q)
         return attention_fp8_bounded(query, key, value, key_valid, bound, self.kernel).to(dtype)
-
-
-# The fp8-attn profile's recipe (its precision tag names it): V smoothing on, since it cut the model's
-# per-forward error from 0.235 to 0.079 at 163 frames for no measurable time (FP8_ATTENTION.md).
-PROFILE_RECIPE = {"kernel": DEFAULT_KERNEL, "smooth_k": True, "smooth_v": True}
-
-
-def install_profile_recipe(transformer) -> str:
-    """The fp8-attn profile's attention: PROFILE_RECIPE on every block."""
-    options = dict(PROFILE_RECIPE)
-    return install(transformer, options.pop("kernel"), **options)
 
 
 def install(transformer, kernel: str = DEFAULT_KERNEL, *, bounded: bool = False, **options) -> str:

@@ -158,11 +158,12 @@ def _install_attention(transformer, backend: str) -> None:
     """batchgen's attention processor on Mochi's blocks (the other families keep diffusers' own, which gives
     the same pixels on every placement). "prefix" is bit-identical to diffusers' (measured on the H100),
     with no data-dependent shapes, so the blocks compile without graph breaks; never "auto", which would
-    pick FlashAttention 3 where installed and change pixels. "fp8": fp8_attention.py's recipe."""
+    pick FlashAttention 3 where installed and change pixels. "fp8": the recipe BATCHGEN_FP8_ATTN_RECIPE
+    names (fp8_attention_recipes.py)."""
     if backend == "fp8":
-        from batchgen.engine import fp8_attention
+        from batchgen.engine import fp8_attention_recipes
 
-        fp8_attention.install_profile_recipe(transformer)
+        fp8_attention_recipes.install(transformer)
     else:
         from batchgen.engine import attention
 

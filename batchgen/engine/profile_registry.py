@@ -56,7 +56,7 @@ class Profile:
     needs_fp8_attention: bool = False  # Hopper and FlashAttention-3's fp8 kernel (fp8_attention.unavailable)
     compiles: bool = False  # torch.compile of the blocks (an inductor cache beside the batch pays off)
     attention: str = "prefix"  # batchgen attention backend (attention.py); "prefix" is diffusers' pixels;
-    # "fp8": fp8_attention.py's recipe (fp8_attention.PROFILE_RECIPE)
+    # "fp8": fp8_attention.py's recipe (fp8_attention_recipes.py)
     precomputes_modulation: bool = False  # AdaLN layers kept on the CPU (modulation.py)
     streams_text_encoder: bool = False  # T5 streamed block by block rather than resident while encoding
     allows_approximate: bool = False  # diffusers' cache hooks (approximate.py) can wrap its blocks
@@ -72,7 +72,9 @@ class Profile:
     step_down_any_precision: str | None = None
     auto_rank: int | None = None  # `auto` tries these in rank order (bf16 only: it never changes pixels)
     auto_last_resort: bool = False  # what `auto` picks when none of the ranked ones fits
-    # For a profile whose recipe depends on a kernel setting (int8): kernel -> precision.
+    # For a profile whose recipe a setting chooses (int8's kernel, fp8-attn's attention): the settings
+    # variable, and each of its values -> the precision it renders. The first is the variable's default.
+    kernel_variable: str | None = None
     kernel_precisions: tuple[tuple[str, str], ...] = ()
 
 
@@ -100,10 +102,15 @@ _DECLARED = (
     # smoothed): attention is 71% of a 163-frame step's FLOP. A profile of its own rather than a change of
     # fp8-fast: it needs Hopper and the fa3-fwd wheel where fp8-fast runs on Ada too, it adds its own error,
     # and fp8-fast's recorded jobs keep their pixels. Measured in benchmarks/results/FP8_ATTENTION.md.
+    # BATCHGEN_FP8_ATTN_RECIPE picks its attention (fp8_attention_recipes.py); v1 stays the default until the
+    # others are measured to pay on the device, and each keeps a precision of its own.
     Profile("fp8-attn", "fp8attn-fa3-smoothkv+fp8-rowwise-compiled", "gpu", weights="fp8-matmul",
             summary="fp8 attention and multiplies, compiled", needs_fp8_cores=True, needs_fp8_attention=True,
             compiles=True, attention="fp8", storage="float8_e4m3fn (block linears, fp8 multiplies)",
-            denoiser_gib=12.8),
+            denoiser_gib=12.8, kernel_variable="BATCHGEN_FP8_ATTN_RECIPE",
+            kernel_precisions=(("v1", "fp8attn-fa3-smoothkv+fp8-rowwise-compiled"),
+                               ("v2", "fp8attn-fa3b-v2+fp8-rowwise-compiled"),
+                               ("v2h", "fp8attn-fa3bh-v2+fp8-rowwise-compiled"))),
     # Measured on the H100: model CPU offload did not reproduce resident's frames byte for byte (the
     # denoising matches; the decode differs once the VAE has been to the CPU and back, which offload does
     # every video: benchmarks/offload_vs_resident.py), so it keeps ids of its own. group-offload matches.
@@ -123,7 +130,7 @@ _DECLARED = (
     Profile("int8", "int8-bf16", "gpu", weights="int8", summary="int8 weights, bf16 multiplies",
             needs_bitsandbytes=True, precomputes_modulation=True, allows_approximate=True,
             storage="int8 (bitsandbytes)", denoiser_gib=7.0, step_down_any_precision="nf4",
-            kernel_precisions=(("dequant", "int8-bf16"), ("llm-int8", "int8"))),
+            kernel_variable="BATCHGEN_INT8_KERNEL", kernel_precisions=(("dequant", "int8-bf16"), ("llm-int8", "int8"))),
     Profile("nf4", "nf4", "gpu", weights="nf4", summary="bitsandbytes NF4", needs_bitsandbytes=True,
             streams_text_encoder=True, allows_approximate=True, storage="nf4 (bitsandbytes)", denoiser_gib=5.0,
             auto_last_resort=True),
@@ -233,7 +240,7 @@ def precision(profile: str, quality: bool = False, deterministic: bool = False, 
     of it: on the H100 they gave other frames than the default kernels (benchmarks/results/gpu_repro_h100.log).
     So is an approximate accelerator (batchgen.engine.approximate), as "+fbc0.05" or "+pab"."""
     p = get(profile)
-    base = dict(p.kernel_precisions)[settings.int8_kernel()] if p.kernel_precisions else p.precision
+    base = dict(p.kernel_precisions)[kernel(profile)] if p.kernel_precisions else p.precision
     if quality:
         base += "+quality"
     if approximate:
@@ -260,23 +267,34 @@ def fallback(profile: str, *, same_precision: bool = True) -> str | None:
     return p.step_down if same_precision else p.step_down_any_precision
 
 
-# The int8 profile's kernels, by the precision each renders.
-def _kernel_of_precision() -> dict[str, str]:
-    return {prec: kernel for p in _DECLARED for kernel, prec in p.kernel_precisions}
+def kernel(profile: str) -> str | None:
+    """The value of the setting that chooses `profile`'s recipe (its kernel_variable), None if none does."""
+    p = get(profile)
+    if p.kernel_variable is None:
+        return None
+    return settings.choice(p.kernel_variable, tuple(k for k, _ in p.kernel_precisions))
 
 
-def int8_hint(precision: str) -> str:
-    """What to add to a message about `precision` when it is the int8 profile's under the kernel that is
-    not chosen now (BATCHGEN_INT8_KERNEL); "" otherwise."""
-    wanted = _kernel_of_precision().get(precision.split("+", 1)[0])
-    if wanted is None or wanted == settings.int8_kernel():
+def _kernel_of_precision(precision: str) -> tuple[Profile, str, str] | None:
+    """The profile whose setting renders `precision`, the setting's value that does, and what follows the
+    base ("+quality", ...). Matched as a prefix: a base may hold "+" itself (fp8-attn's do)."""
+    found = [(len(prec), p, value, precision[len(prec):]) for p in _DECLARED for value, prec in p.kernel_precisions
+             if precision == prec or precision.startswith(prec + "+")]
+    return max(found, key=lambda f: f[0])[1:] if found else None
+
+
+def kernel_hint(precision: str) -> str:
+    """What to add to a message about `precision` when a setting renders it that is not chosen now
+    (BATCHGEN_INT8_KERNEL, BATCHGEN_FP8_ATTN_RECIPE); "" otherwise."""
+    found = _kernel_of_precision(precision)
+    if found is None or found[1] == kernel(found[0].name):
         return ""
-    if wanted == "llm-int8":
-        return " (it was rendered with bitsandbytes' LLM.int8 kernel: set BATCHGEN_INT8_KERNEL=llm-int8 to use it again)"
-    return " (it was rendered with batchgen's int8 kernel: unset BATCHGEN_INT8_KERNEL to use it again)"
+    p, wanted, _ = found
+    how = f"unset {p.kernel_variable}" if wanted == p.kernel_precisions[0][0] else f"set {p.kernel_variable}={wanted}"
+    return f" (it was rendered with the {p.name} profile's {wanted} recipe: {how} to use it again)"
 
 
-def int8_kernel_switched(recorded: str, current: str) -> bool:
-    """Whether two precisions are the same recipe but for the int8 profile's kernel."""
-    (rb, _, rs), (cb, _, cs) = recorded.partition("+"), current.partition("+")
-    return rs == cs and rb != cb and {rb, cb} <= set(_kernel_of_precision())
+def kernel_switched(recorded: str, current: str) -> bool:
+    """Whether two precisions are the same recipe but for the setting that chooses one profile's recipe."""
+    r, c = _kernel_of_precision(recorded), _kernel_of_precision(current)
+    return r is not None and c is not None and r[0] is c[0] and r[1] != c[1] and r[2] == c[2]

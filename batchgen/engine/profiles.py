@@ -16,8 +16,8 @@ from batchgen.engine.profile_registry import (
     auto_order,
     estimate_peak_gib,
     fallback,
-    int8_hint,
-    int8_kernel_switched,
+    kernel_hint,
+    kernel_switched,
     latent_tokens,
     precision,
 )
@@ -26,8 +26,8 @@ from batchgen.engine.families.registry import cached_index
 from batchgen.errors import BatchgenError
 
 # What run/, the renderer and the tests use from here: the registry's questions (re-exported) and the choice.
-__all__ = ["PROFILES", "REGISTRY", "FamilyMemory", "ProfileChoice", "choose_auto", "family_memory", "estimate_peak_gib", "fallback", "int8_hint",
-           "int8_kernel_switched", "latent_tokens", "precision", "resolve"]
+__all__ = ["PROFILES", "REGISTRY", "FamilyMemory", "ProfileChoice", "choose_auto", "family_memory", "estimate_peak_gib", "fallback", "kernel_hint",
+           "kernel_switched", "latent_tokens", "precision", "resolve"]
 
 
 @dataclass(frozen=True)

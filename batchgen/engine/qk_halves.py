@@ -11,8 +11,9 @@ i + D/2: contiguous halves in, contiguous halves out, each element the same fp32
 interleaved form. Values and V are untouched; the attention output is the same up to the order of the
 sums inside the kernels.
 
-A benchmark variant for now (bench_fp8_attention.py `fp8attn-v2h*`): the weights are changed in place, so
-`to_interleaved` puts them back, and no profile uses it until it is measured to pay.
+The fp8-attn profile's recipe v2h (BATCHGEN_FP8_ATTN_RECIPE=v2h, fp8_attention_recipes.py) and the benchmark
+variants `fp8attn-v2h*`. The weights are changed in place (before fp8_matmul converts them, since
+placement installs attention first), so `to_interleaved` puts them back for the benchmarks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from batchgen.engine.fp8_attention import Fp8BoundedMochiAttnProcessor, put_processor
+from batchgen.engine.module_state import state
 
 _QK_LINEARS = ("to_q", "to_k", "add_q_proj", "add_k_proj")
 _QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
@@ -71,6 +73,7 @@ def to_halves(transformer) -> None:
 def to_interleaved(transformer) -> None:
     """Undo to_halves."""
     _reorder(transformer, inverse=True)
+    state(transformer).attention = None  # no processor matches the channels until one is put back
 
 
 class Fp8BoundedHalvesProcessor(Fp8BoundedMochiAttnProcessor):
@@ -85,6 +88,13 @@ class Fp8BoundedHalvesProcessor(Fp8BoundedMochiAttnProcessor):
 
 def install(transformer, kernel: str = "fa3-batched") -> str:
     """to_halves, then Fp8BoundedHalvesProcessor on every block; returns the backend name. Call
-    to_interleaved before putting any other processor back."""
-    to_halves(transformer)
+    to_interleaved before putting any other processor back. Installed twice, the channels are permuted once:
+    a second permutation would scramble them."""
+    if not halved(transformer):
+        to_halves(transformer)
     return put_processor(transformer, Fp8BoundedHalvesProcessor(kernel))
+
+
+def halved(transformer) -> bool:
+    """Whether the transformer's query and key channels are in half-split order now."""
+    return (state(transformer).attention or "").startswith("fp8bh-")

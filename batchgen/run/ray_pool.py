@@ -215,8 +215,8 @@ class RemoteRenderer:
 
 def forwarded_env(environ) -> dict[str, str]:
     """What Ray actors get from this process's environment, which actors on another host do not inherit:
-    the allocator setting and batchgen's own (BATCHGEN_INT8_KERNEL decides pixels and job ids). Fault
-    injection stays with the tests that aim it."""
+    the allocator setting and batchgen's own (BATCHGEN_INT8_KERNEL and BATCHGEN_FP8_ATTN_RECIPE decide
+    pixels and job ids). Fault injection stays with the tests that aim it."""
     return {k: v for k, v in environ.items()
             if k == "PYTORCH_CUDA_ALLOC_CONF" or (k.startswith("BATCHGEN_") and not k.startswith("BATCHGEN_FAULT"))}
 

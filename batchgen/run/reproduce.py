@@ -184,7 +184,7 @@ def _plan(row: dict, *, profile: str | None, device: str | None, deterministic: 
         raise ReproduceError(
             f"--profile {chosen} renders at precision {profiles.precision(chosen, quality, det, approx)}, but job {jid} was "
             f"rendered at {job.precision}: only a profile of the same precision can reproduce it"
-            + profiles.int8_hint(job.precision)
+            + profiles.kernel_hint(job.precision)
         )
     here = profiles.resolve(chosen, device)
     if profiles.precision(here.name, quality, det, approx) != job.precision:

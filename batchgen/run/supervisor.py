@@ -131,7 +131,7 @@ def render_manifest(
 def _prepare(ctx: RunContext, jobs: list[Job]) -> None:
     """OUT as the last run left it, made whole: new jobs queued, stale ones back, partial files gone."""
     out, store = ctx.out, ctx.store
-    _refuse_int8_kernel_switch(out, store, ctx.model, ctx.precision)
+    _refuse_kernel_switch(out, store, ctx.model, ctx.precision)
     ctx.summary.added = store.add_jobs(jobs)
     stale = store.reset_running()
     verify.startup_check(out, store, ctx.log)
@@ -243,11 +243,12 @@ def _sweep_partials(out: Path) -> None:
         remove_partials(folder)
 
 
-def _refuse_int8_kernel_switch(out: Path, store, model: str, precision: str) -> None:
-    """A folder started under one int8 kernel would otherwise get every job again under the other's ids."""
+def _refuse_kernel_switch(out: Path, store, model: str, precision: str) -> None:
+    """A folder started under one recipe setting (int8 kernel, fp8 attention recipe) would otherwise get
+    every job again under the other recipe's ids."""
     for recorded, count in store.precisions(model=model).items():
-        if profiles.int8_kernel_switched(recorded, precision):
+        if profiles.kernel_switched(recorded, precision):
             raise BatchgenError(
                 f"{out} holds {count} job(s) at precision {recorded}, and this run would render the same batch "
-                f"again at {precision}{profiles.int8_hint(recorded)}. Or use another --out; nothing is overwritten."
+                f"again at {precision}{profiles.kernel_hint(recorded)}. Or use another --out; nothing is overwritten."
             )
