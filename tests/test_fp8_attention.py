@@ -326,3 +326,51 @@ def test_the_half_split_recipe_installed_twice_permutes_the_channels_once():
         assert torch.equal(transformer(**inputs)[0], once)
         qk_halves.to_interleaved(transformer)
     assert not qk_halves.halved(transformer)
+
+
+def test_no_interleaved_processor_goes_on_half_split_channels():
+    # The channels' order lives in the module record, not in the backend name that any install overwrites.
+    from batchgen.engine import attention, qk_halves
+    from batchgen.engine.families import MOCHI
+
+    transformer = MOCHI.builders().build_tiny().transformer
+    qk_halves.install(transformer, "emulated")
+    for put in (lambda: attention.install(transformer, "sdpa"), lambda: fa.install(transformer, "emulated"),
+                lambda: attention.uninstall(transformer)):
+        with pytest.raises(ValueError, match="half-split order"):
+            put()
+    assert qk_halves.halved(transformer)
+    qk_halves.to_interleaved(transformer)
+    assert attention.install(transformer, "sdpa") == "sdpa" and not qk_halves.halved(transformer)
+
+
+def test_the_profile_probes_the_kernel_of_the_chosen_recipe(monkeypatch):
+    from batchgen.engine import fp8_matmul, profiles
+
+    probed = []
+    monkeypatch.setattr(fp8_matmul, "supported", lambda device: None)
+    monkeypatch.setattr(fa, "unavailable", lambda device, kernel=fa.DEFAULT_KERNEL: probed.append(kernel))
+    for recipe in ("v1", "v2", "v2h"):
+        monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", recipe)
+        assert profiles.resolve("fp8-attn", "cuda:0").name == "fp8-attn"
+    assert probed == ["fa3", "fa3-batched", "fa3-batched"]
+
+
+def test_records_of_the_v2_recipe_say_how_to_render_them_again(tmp_path, monkeypatch):
+    import json
+
+    from batchgen.manifest import load_manifest
+
+    monkeypatch.setenv("BATCHGEN_FP8_ATTN_RECIPE", "v2")
+    from batchgen.engine import profiles
+
+    v2 = profiles.precision("fp8-attn", quality=True)
+    monkeypatch.delenv("BATCHGEN_FP8_ATTN_RECIPE")
+    row = {"job_id": "a" * 16, "prompt": "a red fox", "negative_prompt": "", "seed": 3, "num_frames": 7,
+           "height": 32, "width": 48, "num_inference_steps": 2, "guidance_scale": 4.5, "fps": 8, "model": "tiny",
+           "revision": None, "precision": v2, "profile": None, "file_name": "fox.mp4"}
+    records = tmp_path / "metadata.jsonl"
+    records.write_text(json.dumps(row) + "\n")
+    manifest = load_manifest(records)
+    assert manifest.profile == "fp8-attn" and manifest.quality
+    assert any("fp8-attn now renders" in w and "BATCHGEN_FP8_ATTN_RECIPE=v2" in w for w in manifest.warnings)

@@ -243,16 +243,26 @@ def install(transformer, backend: str = "auto") -> str:
     elif backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
     processor = BatchgenMochiAttnProcessor(backend)
+    refuse_on_halved_channels(transformer, processor)
     for attn in _attention_modules(transformer):
         attn.processor = processor
     state(transformer).attention = backend
     return backend
 
 
+def refuse_on_halved_channels(transformer, processor) -> None:
+    """Half-split query/key channels (qk_halves.py) give wrong attention, silently, under a processor that
+    rotates interleaved pairs: refuse rather than render it."""
+    if state(transformer).qk_halved and not getattr(processor, "halves", False):
+        raise ValueError("the query/key channels are in half-split order: call qk_halves.to_interleaved "
+                         "before putting another attention processor on this transformer")
+
+
 def uninstall(transformer) -> None:
     """Back to diffusers' own processor."""
     from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
+    refuse_on_halved_channels(transformer, None)
     for attn in _attention_modules(transformer):
         attn.processor = MochiAttnProcessor2_0()
     state(transformer).attention = None

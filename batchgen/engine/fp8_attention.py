@@ -45,7 +45,7 @@ import importlib
 import torch
 import torch.nn.functional as F
 
-from batchgen.engine.attention import BatchgenMochiAttnProcessor
+from batchgen.engine.attention import BatchgenMochiAttnProcessor, refuse_on_halved_channels
 from batchgen.engine.module_state import state
 
 E4M3_MAX = 448.0
@@ -352,6 +352,7 @@ def install(transformer, kernel: str = DEFAULT_KERNEL, *, bounded: bool = False,
 
 def put_processor(transformer, processor) -> str:
     """`processor` on every block, recorded as the attention backend; returns its name."""
+    refuse_on_halved_channels(transformer, processor)
     for block in transformer.transformer_blocks:
         block.attn1.processor = processor
     state(transformer).attention = processor.backend

@@ -19,16 +19,25 @@ from batchgen import settings
 from batchgen.engine import fp8_attention, qk_halves
 
 RECIPES: tuple[str, ...] = settings.FP8_ATTN_RECIPES
+# The FA3 entry each recipe calls: what resolve() probes before a batch loads anything.
+KERNELS = {"v1": fp8_attention.DEFAULT_KERNEL, "v2": "fa3-batched", "v2h": "fa3-batched"}
+
+
+def kernel_of(recipe: str | None = None) -> str:
+    """The kernel `recipe` (default: BATCHGEN_FP8_ATTN_RECIPE's) attends with."""
+    return KERNELS[recipe or settings.fp8_attn_recipe()]
 
 
 def install(transformer, recipe: str | None = None, kernel: str | None = None) -> str:
     """Put `recipe` (default: BATCHGEN_FP8_ATTN_RECIPE's) on every block; returns the attention backend's
     name. `kernel` replaces the recipe's kernel ("emulated" runs any recipe on the CPU, for tests)."""
     recipe = recipe or settings.fp8_attn_recipe()
+    if recipe not in KERNELS:
+        raise ValueError(f"unknown fp8 attention recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    kernel = kernel or KERNELS[recipe]
     if recipe == "v1":
-        return fp8_attention.install(transformer, kernel or fp8_attention.DEFAULT_KERNEL, smooth_k=True, smooth_v=True)
+        return fp8_attention.install(transformer, kernel, smooth_k=True, smooth_v=True)
     if recipe == "v2":
-        return fp8_attention.install(transformer, kernel or "fa3-batched", bounded=True)
-    if recipe == "v2h":
-        return qk_halves.install(transformer, kernel or "fa3-batched")
-    raise ValueError(f"unknown fp8 attention recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        return fp8_attention.install(transformer, kernel, bounded=True)
+    return qk_halves.install(transformer, kernel)
+

@@ -22,6 +22,7 @@ class ModuleState:
     resident_blocks: int | None = None  # group-offload: blocks kept on the GPU
     modulation: Any = field(default=None, repr=False)  # modulation.ModulationTable, when precomputing
     modulation_hook: Any = field(default=None, repr=False)  # its forward pre-hook handle
+    qk_halved: bool = False  # query/key channels permuted into half-split order (qk_halves.py)
     approximate: str | None = None  # approximate accelerator's spec enabled (approximate_hooks.py)
 
 

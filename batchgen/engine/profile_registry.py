@@ -283,6 +283,12 @@ def _kernel_of_precision(precision: str) -> tuple[Profile, str, str] | None:
     return max(found, key=lambda f: f[0])[1:] if found else None
 
 
+def kernel_profile(precision: str) -> str | None:
+    """The profile a setting's recipe renders `precision` with (int8, fp8-attn), None if none does."""
+    found = _kernel_of_precision(precision)
+    return found[0].name if found else None
+
+
 def kernel_hint(precision: str) -> str:
     """What to add to a message about `precision` when a setting renders it that is not chosen now
     (BATCHGEN_INT8_KERNEL, BATCHGEN_FP8_ATTN_RECIPE); "" otherwise."""

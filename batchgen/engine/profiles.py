@@ -128,8 +128,9 @@ def resolve(
             raise BatchgenError(f"profile '{profile}': {why_not}. Use 'fast' (bf16) or 'fp8' (fp8 storage) instead.")
     if profile != AUTO and REGISTRY[profile].needs_fp8_attention:
         from batchgen.engine.fp8_attention import unavailable
+        from batchgen.engine.fp8_attention_recipes import kernel_of
 
-        why_not = unavailable(device)
+        why_not = unavailable(device, kernel_of())  # the chosen recipe's kernel: v2 calls another FA3 entry
         if why_not:
             raise BatchgenError(f"profile '{profile}': {why_not}. Use 'fp8-fast' (fp8 multiplies, bf16 attention) "
                                 "or 'fast' (bf16) instead.")

@@ -68,18 +68,20 @@ def _reorder(transformer, inverse: bool) -> None:
 def to_halves(transformer) -> None:
     """Permute every block's query and key channels into half-split order (in place)."""
     _reorder(transformer, inverse=False)
+    state(transformer).qk_halved = True
 
 
 def to_interleaved(transformer) -> None:
     """Undo to_halves."""
     _reorder(transformer, inverse=True)
-    state(transformer).attention = None  # no processor matches the channels until one is put back
+    state(transformer).qk_halved = False
 
 
 class Fp8BoundedHalvesProcessor(Fp8BoundedMochiAttnProcessor):
     """The v2 fp8 recipe on a transformer whose query and key channels are in half-split order."""
 
     rotate = staticmethod(rotary_halves)
+    halves = True  # put_processor and attention.install refuse any other processor on halved channels
 
     def __init__(self, kernel: str = "fa3-batched"):
         super().__init__(kernel)
@@ -97,4 +99,4 @@ def install(transformer, kernel: str = "fa3-batched") -> str:
 
 def halved(transformer) -> bool:
     """Whether the transformer's query and key channels are in half-split order now."""
-    return (state(transformer).attention or "").startswith("fp8bh-")
+    return state(transformer).qk_halved

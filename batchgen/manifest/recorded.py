@@ -23,7 +23,7 @@ from batchgen.engine.families import FAMILIES, MOCHI, Family, UnknownFamily, bui
 from batchgen.job import CHECKPOINT_FIELDS, JOB_FIELDS, Lora
 from batchgen.manifest.entries import Draft, Entry, read_text
 from batchgen.manifest.fields import FieldError, normalise, show
-from batchgen.engine.profile_registry import PROFILES, kernel_hint, precision as precision_of, profile_for_precision
+from batchgen.engine.profile_registry import PROFILES, kernel_hint, kernel_profile, precision as precision_of, profile_for_precision
 
 _HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -80,7 +80,7 @@ def load_records(state: Draft, *, profile_override: str | None = None) -> None:
         state.profile = profile_for_precision(base)
     hint = kernel_hint(exact)
     if hint:
-        owner = profile_for_precision(base)
+        owner = kernel_profile(exact)
         state.warnings.append(f"{state.display}: the records are at precision {precision}, {owner} now renders "
                               f"at {precision_of(owner, state.quality, approximate=state.approximate)}{hint}")
     if profile_override and profile_override in PROFILES and profile_override not in ("auto",):
