@@ -102,6 +102,11 @@ def choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def default(name: str) -> str:
+    """The declared default of a variable, as a user would write it."""
+    return _BY_NAME[name].default
+
+
 def text(name: str) -> str:
     """A free-form variable ("" when unset)."""
     return _raw(name) or _BY_NAME[name].default
@@ -110,7 +115,6 @@ def text(name: str) -> str:
 # Typed accessors, one per variable that batchgen's own code reads.
 
 INT8_KERNELS = ("dequant", "llm-int8")
-FP8_ATTN_RECIPES = ("v1", "v2", "v2h")
 
 
 def cpu_threads() -> int:
@@ -127,10 +131,6 @@ def decode_latent_frames() -> int:
 
 def int8_kernel() -> str:
     return choice("BATCHGEN_INT8_KERNEL", INT8_KERNELS)
-
-
-def fp8_attn_recipe() -> str:
-    return choice("BATCHGEN_FP8_ATTN_RECIPE", FP8_ATTN_RECIPES)
 
 
 def precompute_modulation() -> bool | None:

@@ -238,8 +238,9 @@ FP8_ATTN = {
     "fp8": ({}, False),
     "fp8-smoothv": ({"smooth_v": True}, False),
     "fp8-smoothv-batched": ({"smooth_v": True}, True),
-    "fp8-v2": ({"bounded": True}, True),  # attention_fp8_bounded
-    "fp8-v2h": ({"halves": True}, True),  # the same, query/key channels in half-split order (qk_halves.py)
+    # The profile's recipes, installed as the profile installs them (fp8_attention_recipes.py).
+    "fp8-v2": ({"recipe": "v2"}, True),  # attention_fp8_bounded
+    "fp8-v2h": ({"recipe": "v2h"}, True),  # the same, query/key channels in half-split order (qk_halves.py)
 }
 
 
@@ -265,11 +266,12 @@ class Variant:
             opts, batched = FP8_ATTN[self.attn]
             if batched and kernel != "emulated":  # FA3's dense batched call (the emulated kernel on the CPU)
                 kernel = "fa3-batched"
-            if opts.get("halves"):  # weights permuted in place: no exact block can stay beside them
-                assert not exact, "keep_bf16_blocks with half-split channels"
+            if "recipe" in opts:
+                used = bg("fp8_attention_recipes").install(transformer, opts["recipe"], kernel)
                 qk = bg("qk_halves")
-                used = qk.install(transformer, kernel)
-                self._undo.append(("call", qk.to_interleaved, transformer))
+                if qk.halved(transformer):  # weights permuted in place: no exact block can stay beside them
+                    assert not exact, "keep_bf16_blocks with half-split channels"
+                    self._undo.append(("call", qk.to_interleaved, transformer))
             else:
                 used = fp8mod().install(transformer, kernel, **opts)
             for bi, proc in exact.items():  # "sensitive" blocks: exact attention and bf16 linears

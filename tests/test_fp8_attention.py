@@ -374,3 +374,10 @@ def test_records_of_the_v2_recipe_say_how_to_render_them_again(tmp_path, monkeyp
     manifest = load_manifest(records)
     assert manifest.profile == "fp8-attn" and manifest.quality
     assert any("fp8-attn now renders" in w and "BATCHGEN_FP8_ATTN_RECIPE=v2" in w for w in manifest.warnings)
+
+
+def test_every_recipe_the_registry_names_can_be_installed():
+    from batchgen.engine import fp8_attention_recipes, profile_registry
+
+    names = [value for value, _ in profile_registry.get("fp8-attn").kernel_precisions]
+    assert sorted(names) == sorted(fp8_attention_recipes.KERNELS)

@@ -15,25 +15,29 @@ The default stays v1 until v2 or v2h measure faster at the same error on the dev
 
 from __future__ import annotations
 
-from batchgen import settings
-from batchgen.engine import fp8_attention, qk_halves
+from batchgen.engine import fp8_attention, profile_registry, qk_halves
 
-RECIPES: tuple[str, ...] = settings.FP8_ATTN_RECIPES
-# The FA3 entry each recipe calls: what resolve() probes before a batch loads anything.
+# The FA3 entry each recipe calls: what resolve() probes before a batch loads anything. The recipes' names
+# and precisions are the fp8-attn profile's kernel_precisions (profile_registry.py).
 KERNELS = {"v1": fp8_attention.DEFAULT_KERNEL, "v2": "fa3-batched", "v2h": "fa3-batched"}
 
 
+def chosen() -> str:
+    """The recipe BATCHGEN_FP8_ATTN_RECIPE names (read, and checked, by the profile registry)."""
+    return profile_registry.kernel("fp8-attn")
+
+
 def kernel_of(recipe: str | None = None) -> str:
-    """The kernel `recipe` (default: BATCHGEN_FP8_ATTN_RECIPE's) attends with."""
-    return KERNELS[recipe or settings.fp8_attn_recipe()]
+    """The kernel `recipe` (default: the chosen one) attends with."""
+    return KERNELS[recipe or chosen()]
 
 
 def install(transformer, recipe: str | None = None, kernel: str | None = None) -> str:
-    """Put `recipe` (default: BATCHGEN_FP8_ATTN_RECIPE's) on every block; returns the attention backend's
-    name. `kernel` replaces the recipe's kernel ("emulated" runs any recipe on the CPU, for tests)."""
-    recipe = recipe or settings.fp8_attn_recipe()
+    """Put `recipe` (default: the chosen one) on every block; returns the attention backend's name. `kernel`
+    replaces the recipe's kernel ("emulated" runs any recipe on the CPU, for tests and benchmarks)."""
+    recipe = recipe or chosen()
     if recipe not in KERNELS:
-        raise ValueError(f"unknown fp8 attention recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        raise ValueError(f"unknown fp8 attention recipe {recipe!r}: choose one of {', '.join(KERNELS)}")
     kernel = kernel or KERNELS[recipe]
     if recipe == "v1":
         return fp8_attention.install(transformer, kernel, smooth_k=True, smooth_v=True)

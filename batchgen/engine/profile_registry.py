@@ -73,7 +73,7 @@ class Profile:
     auto_rank: int | None = None  # `auto` tries these in rank order (bf16 only: it never changes pixels)
     auto_last_resort: bool = False  # what `auto` picks when none of the ranked ones fits
     # For a profile whose recipe a setting chooses (int8's kernel, fp8-attn's attention): the settings
-    # variable, and each of its values -> the precision it renders. The first is the variable's default.
+    # variable (its default declared in settings.py), and each of its values -> the precision it renders.
     kernel_variable: str | None = None
     kernel_precisions: tuple[tuple[str, str], ...] = ()
 
@@ -296,7 +296,7 @@ def kernel_hint(precision: str) -> str:
     if found is None or found[1] == kernel(found[0].name):
         return ""
     p, wanted, _ = found
-    how = f"unset {p.kernel_variable}" if wanted == p.kernel_precisions[0][0] else f"set {p.kernel_variable}={wanted}"
+    how = f"unset {p.kernel_variable}" if wanted == settings.default(p.kernel_variable) else f"set {p.kernel_variable}={wanted}"
     return f" (it was rendered with the {p.name} profile's {wanted} recipe: {how} to use it again)"
 
 
